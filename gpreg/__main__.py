@@ -1,0 +1,3 @@
+from gpreg.cli import main
+
+raise SystemExit(main())

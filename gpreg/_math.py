@@ -1,0 +1,73 @@
+"""Penalty-of-norm formulas, the exact NaN-safe norm and the reductions, written once.
+
+Every function takes ``xp``, an array namespace: ``numpy`` itself, ``array_api_compat``'s
+torch namespace, or gpreg_keras's small ``keras.ops`` shim. Only these members are used:
+``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``reshape``, ``zeros_like``, ``ones_like``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Array = Any
+Namespace = Any
+
+
+def safe_norm(sq_sum: Array, xp: Namespace) -> Array:
+    r"""Exact Euclidean norm :math:`\sqrt{s}` from a sum of squares, with a finite gradient at 0.
+
+    ``sqrt`` has an infinite derivative at 0, and ``0 * inf`` is NaN, so a plain
+    ``sqrt(sum(g**2))`` turns an exactly-zero input gradient into NaN parameter gradients.
+    Adding an epsilon (TF-GAN uses 1e-10, compare_gan 1e-4) biases the value instead.
+    Here both branches of the outer ``where`` are finite everywhere: the value is exact and
+    the derivative is 0 where ``s == 0``.
+    """
+    positive = sq_sum > 0
+    safe = xp.where(positive, sq_sum, xp.ones_like(sq_sum))
+    return xp.where(positive, xp.sqrt(safe), xp.zeros_like(sq_sum))
+
+
+def per_sample_sq_sum(grads: Sequence[Array], xp: Namespace) -> Array:
+    """Sum of squares of every non-batch element of every part, per sample: shape (B,)."""
+    total = None
+    for g in grads:
+        flat = xp.reshape(g, (g.shape[0], -1))
+        s = xp.sum(flat * flat, axis=1)
+        total = s if total is None else total + s
+    return total
+
+
+def _deviation(norms: Array, target: float, ratio: bool) -> Array:
+    return norms / target - 1.0 if ratio else norms - target
+
+
+def two_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
+    r""":math:`(n - t)^2`, or :math:`(n / t - 1)^2` in the ratio form."""
+    d = _deviation(norms, target, ratio)
+    return d * d
+
+
+def one_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
+    r""":math:`\max(0, n - t)^2`, or :math:`\max(0, n / t - 1)^2` in the ratio form."""
+    d = _deviation(norms, target, ratio)
+    d = xp.where(d > 0, d, xp.zeros_like(d))
+    return d * d
+
+
+def squared(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
+    r""":math:`n^2` (zero-centred; ``target`` and ``ratio`` are ignored)."""
+    return norms * norms
+
+
+def reduce(values: Array, reduction: str, xp: Namespace) -> Array:
+    """Reduce per-sample penalties of shape (B,): ``mean``, ``sum``, ``max`` or ``none``."""
+    if reduction == "mean":
+        return xp.mean(values)
+    if reduction == "sum":
+        return xp.sum(values)
+    if reduction == "max":
+        return xp.max(values)
+    if reduction == "none":
+        return values
+    raise ValueError(f"unknown reduction {reduction!r}")

@@ -1,0 +1,243 @@
+"""One ``PenaltySpec`` per penalty variant, and the registry that finds them by name.
+
+A spec says where the penalty is evaluated, which function of the per-sample gradient norm it
+applies, how it is weighted by default and which paper it comes from. Adapters turn a spec into
+a framework function; nothing about a variant is written twice.
+
+Third-party packages add penalties through the entry-point group ``gpreg.penalties``: each
+entry point names a ``PenaltySpec`` (or a zero-argument callable returning one).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gpreg import _math
+
+ENTRY_POINT_GROUP = "gpreg.penalties"
+
+Points = Literal["interpolates", "real", "fake", "perturbed_real"]
+POINTS: tuple[str, ...] = ("interpolates", "real", "fake", "perturbed_real")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A function of the per-sample gradient norm: ``fn(norms, *, target, ratio, xp)``.
+
+    Attributes:
+        name: registry key, e.g. ``"two_sided"``.
+        fn: the formula, written against an array namespace ``xp``.
+        uses_target: whether ``target`` and ``ratio`` mean anything for this shape.
+        math: the formula in LaTeX, for docs and tables.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    uses_target: bool
+    math: str
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in (
+        Shape("two_sided", _math.two_sided, True, r"(\|g\| - t)^2"),
+        Shape("one_sided", _math.one_sided, True, r"\max(0, \|g\| - t)^2"),
+        Shape("squared", _math.squared, False, r"\|g\|^2"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class PenaltySpec:
+    """Everything that defines one gradient penalty, independent of any framework.
+
+    The per-sample penalty is ``weight_factor * weight * shape(n_i)``; the batch value is
+    ``reduce(per_sample, default_reduction)`` unless the caller picks another reduction.
+
+    Attributes:
+        name: the public name (``gpreg_torch.<name>``, registry key).
+        points: where the critic is evaluated: ``"interpolates"`` (between real and fake),
+            ``"real"``, ``"fake"`` or ``"perturbed_real"`` (DRAGAN).
+        shape: key of :data:`SHAPES` (or a :class:`Shape`).
+        weight_name: the keyword that carries the weight (``"weight"`` or ``"gamma"``).
+        default_weight: the customary default of that keyword.
+        weight_factor: constant factor on the weight (1/2 for R1/R2's gamma/2).
+        default_target: default gradient-norm target (for shapes that use one).
+        default_reduction: ``"mean"`` for most; ``"max"`` for max-GP.
+        title: human-readable name.
+        paper: short citation.
+        arxiv: arXiv identifier of the paper.
+    """
+
+    name: str
+    points: str
+    shape: str | Shape
+    weight_name: str = "weight"
+    default_weight: float = 10.0
+    weight_factor: float = 1.0
+    default_target: float = 1.0
+    default_reduction: str = "mean"
+    title: str = ""
+    paper: str = ""
+    arxiv: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"PenaltySpec name must be a Python identifier; got {self.name!r}")
+        if self.points not in POINTS:
+            raise ValueError(
+                f"PenaltySpec {self.name!r}: points must be one of {', '.join(POINTS)}; "
+                f"got {self.points!r}"
+            )
+        if isinstance(self.shape, str) and self.shape not in SHAPES:
+            raise ValueError(
+                f"PenaltySpec {self.name!r}: unknown shape {self.shape!r}; expected one of "
+                f"{', '.join(sorted(SHAPES))} or a gpreg.Shape"
+            )
+
+    @property
+    def shape_obj(self) -> Shape:
+        """The resolved :class:`Shape`."""
+        return SHAPES[self.shape] if isinstance(self.shape, str) else self.shape
+
+    @property
+    def uses_target(self) -> bool:
+        return self.shape_obj.uses_target
+
+
+_BUILTINS: tuple[PenaltySpec, ...] = (
+    PenaltySpec(
+        "wgan_gp", "interpolates", "two_sided",
+        title="WGAN-GP (two-sided gradient penalty)",
+        paper="Gulrajani et al., Improved Training of Wasserstein GANs, NeurIPS 2017",
+        arxiv="1704.00028",
+    ),
+    PenaltySpec(
+        "wgan_lp", "interpolates", "one_sided",
+        title="WGAN-LP (one-sided Lipschitz penalty)",
+        paper="Petzka, Fischer, Lukovnikov, On the Regularization of Wasserstein GANs, ICLR 2018",
+        arxiv="1709.08894",
+    ),
+    PenaltySpec(
+        "zero_gp", "interpolates", "squared",
+        title="0-GP (zero-centred gradient penalty)",
+        paper="Thanh-Tung, Tran, Venkatesh, Improving Generalization and Stability of GANs, "
+        "ICLR 2019",
+        arxiv="1902.03984",
+    ),
+    PenaltySpec(
+        "r1", "real", "squared", weight_name="gamma", weight_factor=0.5,
+        title="R1 (gradient penalty on real data)",
+        paper="Mescheder, Geiger, Nowozin, Which Training Methods for GANs do actually "
+        "Converge?, ICML 2018",
+        arxiv="1801.04406",
+    ),
+    PenaltySpec(
+        "r2", "fake", "squared", weight_name="gamma", weight_factor=0.5,
+        title="R2 (gradient penalty on generated data)",
+        paper="Mescheder, Geiger, Nowozin, Which Training Methods for GANs do actually "
+        "Converge?, ICML 2018",
+        arxiv="1801.04406",
+    ),
+    PenaltySpec(
+        "dragan", "perturbed_real", "two_sided",
+        title="DRAGAN (penalty around perturbed real data)",
+        paper="Kodali, Abernethy, Hays, Kira, On Convergence and Stability of GANs, 2017",
+        arxiv="1705.07215",
+        extra={"default_c": 0.5},
+    ),
+    PenaltySpec(
+        "max_gp", "interpolates", "squared", default_reduction="max",
+        title="Max-GP (LGAN: the largest squared gradient norm in the batch)",
+        paper="Zhou et al., Lipschitz Generative Adversarial Nets, ICML 2019",
+        arxiv="1902.05687",
+    ),
+)
+
+BUILTIN_NAMES: tuple[str, ...] = tuple(s.name for s in _BUILTINS)
+
+class UnknownPenaltyError(KeyError):
+    """A penalty name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_registry: dict[str, PenaltySpec] = {s.name: s for s in _BUILTINS}
+_plugins_loaded = False
+_plugin_errors: dict[str, str] = {}
+
+
+def register_penalty(spec: PenaltySpec, *, replace: bool = False) -> PenaltySpec:
+    """Add ``spec`` to the registry (at run time; installed packages use the entry-point group).
+
+    Raises:
+        ValueError: the name is taken and ``replace`` is false, or it names a built-in.
+    """
+    if not isinstance(spec, PenaltySpec):
+        raise TypeError(f"register_penalty takes a gpreg.PenaltySpec; got {type(spec).__name__}")
+    if spec.name in BUILTIN_NAMES:
+        raise ValueError(f"{spec.name!r} is a built-in penalty and cannot be replaced")
+    if spec.name in _registry and not replace and _registry[spec.name] != spec:
+        raise ValueError(
+            f"a penalty named {spec.name!r} is already registered; pass replace=True to "
+            f"replace it"
+        )
+    _registry[spec.name] = spec
+    return spec
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            spec = obj() if callable(obj) and not isinstance(obj, PenaltySpec) else obj
+            if not isinstance(spec, PenaltySpec):
+                raise TypeError(f"it gave a {type(spec).__name__}, not a gpreg.PenaltySpec")
+            if spec.name != ep.name:
+                raise ValueError(f"the spec is named {spec.name!r}, the entry point {ep.name!r}")
+            if spec.name in BUILTIN_NAMES:
+                raise ValueError("that name belongs to a built-in penalty")
+            _registry.setdefault(spec.name, spec)
+        except Exception as exc:  # a broken plugin must not break the built-ins
+            _plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"gpreg: skipping penalty plugin {ep.name!r} ({ep.value}): {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def penalty_names() -> list[str]:
+    """Names of every known penalty: the built-ins, then registered and plugin ones, sorted."""
+    _load_plugins()
+    extra = sorted(n for n in _registry if n not in BUILTIN_NAMES)
+    return list(BUILTIN_NAMES) + extra
+
+
+def get_spec(name: str) -> PenaltySpec:
+    """The :class:`PenaltySpec` registered under ``name``.
+
+    Raises:
+        UnknownPenaltyError: (a ``KeyError``) unknown name; the message lists the known ones.
+    """
+    _load_plugins()
+    try:
+        return _registry[name]
+    except (KeyError, TypeError):
+        hint = ""
+        if name in _plugin_errors:
+            hint = f" The plugin of that name failed to load: {_plugin_errors[name]}."
+        raise UnknownPenaltyError(
+            f"unknown penalty {name!r}; known penalties: {', '.join(penalty_names())}.{hint}"
+        ) from None

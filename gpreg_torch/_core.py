@@ -1,0 +1,195 @@
+"""The one PyTorch-specific piece: the per-sample input gradient, kept differentiable.
+
+Everything else (points, norm, penalty shape, reduction, checks) comes from the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import array_api_compat.torch as xp
+import torch
+
+from gpreg import _math, _points
+from gpreg import _validation as v
+from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+
+Tensor = torch.Tensor
+Points = Tensor | Sequence[Tensor]
+
+
+def _parts(where: str, role: str, x: Any) -> tuple[Tensor, ...]:
+    """Normalise ``x`` (a tensor, or a tuple/list of tensors) to a tuple of detached tensors."""
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    for p in parts:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(
+                f"{where}: {role} must be a torch.Tensor or a tuple of tensors (one per critic "
+                f"input); got {type(p).__name__}. Convert with torch.as_tensor(x, "
+                f"dtype=torch.float32)."
+            )
+        v.check_floating(where, role, str(p.dtype), p.is_floating_point())
+    v.check_parts(where, role, [tuple(p.shape) for p in parts])
+    return tuple(p.detach() for p in parts)
+
+
+def _check_devices(where: str, named: Sequence[tuple[str, Tensor]]) -> None:
+    v.check_same_device(where, [(role, str(t.device)) for role, t in named])
+
+
+def _alpha(where: str, alpha: Any, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    batch = like.shape[0]
+    if alpha is None:
+        return torch.rand(batch, generator=generator, device=like.device, dtype=like.dtype)
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return torch.full((batch,), float(alpha), device=like.device, dtype=like.dtype)
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(
+            f"{where}: alpha must be None, a number or a tensor of shape ({batch},); got "
+            f"{type(alpha).__name__}."
+        )
+    v.check_alpha_shape(where, tuple(alpha.shape), batch)
+    return alpha.detach().reshape(batch).to(device=like.device, dtype=like.dtype)
+
+
+def _noise(
+    where: str, noise: Any, real: tuple[Tensor, ...], generator: torch.Generator | None
+) -> tuple[Tensor, ...]:
+    if noise is None:
+        return tuple(
+            torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype) for r in real
+        )
+    parts = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
+    if not all(isinstance(n, torch.Tensor) for n in parts):
+        raise TypeError(f"{where}: noise must be None or tensor(s) shaped like real.")
+    v.check_noise_shapes(where, [tuple(n.shape) for n in parts], [tuple(r.shape) for r in real])
+    return tuple(n.detach().to(device=r.device, dtype=r.dtype) for n, r in zip(parts, real))
+
+
+def input_gradients(
+    where: str, critic: Callable[..., Any], points: tuple[Tensor, ...], create_graph: bool
+) -> tuple[Tensor, ...]:
+    """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked.
+
+    Only the points are differentiated (``inputs=points``), so no weight gradient is computed
+    here; the parameters are reached later, when the caller's loss runs backward.
+    """
+    batch = points[0].shape[0]
+    leaves = tuple(p.requires_grad_(True) for p in points)
+    out = critic(*leaves)
+    if not isinstance(out, torch.Tensor):
+        raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
+    v.check_output_shape(where, tuple(out.shape), batch)
+    if not out.requires_grad:
+        raise v.independent_critic(where)
+    grads = torch.autograd.grad(
+        out.sum(), leaves, create_graph=create_graph, allow_unused=True
+    )
+    if all(g is None for g in grads):
+        raise v.independent_critic(where)
+    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves))
+
+
+def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:
+    """Exact per-sample norms over every non-batch element of every part, in ≥ float32."""
+    acc = [g.to(torch.promote_types(g.dtype, torch.float32)) for g in grads]
+    return _math.safe_norm(_math.per_sample_sq_sum(acc, xp), xp)
+
+
+def _shape(where: str, shape: str | Shape) -> Shape:
+    if isinstance(shape, Shape):
+        return shape
+    if shape not in SHAPES:
+        raise ValueError(
+            f"{where}: unknown shape {shape!r}; expected one of {', '.join(sorted(SHAPES))}."
+        )
+    return SHAPES[shape]
+
+
+def apply_shape(
+    where: str,
+    norms: Tensor,
+    shape: str | Shape,
+    *,
+    weight: float,
+    target: float,
+    ratio: bool,
+    reduction: str,
+) -> Tensor:
+    per_sample = _shape(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
+    return _math.reduce(per_sample, reduction, xp)
+
+
+def evaluation_points(
+    spec: PenaltySpec,
+    where: str,
+    *,
+    real: Any = None,
+    fake: Any = None,
+    alpha: Any = None,
+    noise: Any = None,
+    c: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, ...]:
+    """The points at which ``spec`` evaluates the critic, from explicit or drawn randomness."""
+    if spec.points == "real":
+        r = _parts(where, "real", real)
+        _check_devices(where, [("real", t) for t in r])
+        return r
+    if spec.points == "fake":
+        f = _parts(where, "fake", fake)
+        _check_devices(where, [("fake", t) for t in f])
+        return f
+    r = _parts(where, "real", real)
+    if spec.points == "perturbed_real":
+        _check_devices(where, [("real", t) for t in r])
+        a = _alpha(where, alpha, r[0], generator)
+        u = _noise(where, noise, r, generator)
+        return _points.dragan_points(r, a, u, c, xp)
+    f = _parts(where, "fake", fake)
+    v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
+    for i, (rt, ft) in enumerate(zip(r, f)):
+        v.check_same_dtype(where, [(f"real[{i}]", str(rt.dtype)), (f"fake[{i}]", str(ft.dtype))])
+    _check_devices(where, [("real", t) for t in r] + [("fake", t) for t in f])
+    a = _alpha(where, alpha, r[0], generator)
+    return _points.interpolates(r, f, a, xp)
+
+
+def run(
+    spec: PenaltySpec | str,
+    critic: Callable[..., Any],
+    *,
+    real: Any = None,
+    fake: Any = None,
+    weight: float | None = None,
+    target: float | None = None,
+    ratio: bool = False,
+    c: float = 0.5,
+    alpha: Any = None,
+    noise: Any = None,
+    generator: torch.Generator | None = None,
+    reduction: str | None = None,
+    create_graph: bool = True,
+) -> Tensor:
+    """Compute the penalty that ``spec`` describes (the body of every public function)."""
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    where = f"gpreg_torch.{spec.name}"
+    if not callable(critic):
+        raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
+    w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
+    t = spec.default_target if target is None else target
+    t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
+    red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
+    if spec.points == "perturbed_real":
+        c = v.check_scalar(where, "c", c)
+    pts = evaluation_points(
+        spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator
+    )
+    grads = input_gradients(where, critic, pts, create_graph)
+    norms = norms_from_gradients(grads)
+    return apply_shape(
+        where, norms, spec.shape, weight=spec.weight_factor * w, target=t, ratio=bool(ratio),
+        reduction=red,
+    )

@@ -1,0 +1,208 @@
+"""The NumPy-only core: formulas against closed forms, points, checks, registry, plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gpreg
+from gpreg import _math, _points
+from gpreg import _validation as v
+from gpreg._tolerances import assert_close, max_rel_error, tolerance
+
+
+def test_import_loads_no_framework():
+    code = (
+        "import sys, gpreg, gpreg.fixtures, gpreg.cli;"
+        "gpreg.fixtures.load();"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'tensorflow', 'keras', 'jax', 'jaxlib', 'array_api_compat'));"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_safe_norm_exact_and_zero():
+    s = np.array([0.0, 4.0, 1e-300, 2.0])
+    assert_close(_math.safe_norm(s, np), [0.0, 2.0, 1e-150, np.sqrt(2.0)], "float64")
+
+
+def test_per_sample_sum_of_squares_spans_parts_and_dims():
+    g1 = np.arange(24, dtype=float).reshape(2, 3, 2, 2)
+    g2 = np.ones((2, 5))
+    expected = (g1.reshape(2, -1) ** 2).sum(1) + 5.0
+    assert_close(_math.per_sample_sq_sum([g1, g2], np), expected, "float64")
+
+
+@pytest.mark.parametrize("ratio", [False, True])
+def test_shapes_closed_form(ratio):
+    n = np.array([0.0, 0.5, 2.0, 3.0])
+    t = 2.0
+    d = n / t - 1 if ratio else n - t
+    assert_close(_math.two_sided(n, target=t, ratio=ratio, xp=np), d**2, "float64")
+    assert_close(_math.one_sided(n, target=t, ratio=ratio, xp=np), np.maximum(d, 0) ** 2,
+                 "float64")
+    assert_close(_math.squared(n, target=t, ratio=ratio, xp=np), n**2, "float64")
+
+
+def test_reductions():
+    x = np.array([1.0, 4.0, 2.0])
+    assert _math.reduce(x, "mean", np) == pytest.approx(7 / 3)
+    assert _math.reduce(x, "sum", np) == 7.0
+    assert _math.reduce(x, "max", np) == 4.0
+    assert _math.reduce(x, "none", np) is x
+
+
+def test_interpolates_per_sample_alpha():
+    real = (np.ones((3, 2, 2)), np.full((3, 4), 2.0))
+    fake = (np.zeros((3, 2, 2)), np.zeros((3, 4)))
+    alpha = np.array([0.0, 0.5, 1.0])
+    a, b = _points.interpolates(real, fake, alpha, np)
+    assert_close(a[:, 0, 0], alpha, "float64")
+    assert_close(b[:, 0], 2 * alpha, "float64")
+
+
+def test_dragan_points_use_population_std_of_the_batch():
+    real = (np.array([[1.0, 3.0], [5.0, 7.0]]),)
+    noise = (np.ones((2, 2)),)
+    alpha = np.array([1.0, 0.5])
+    (x,) = _points.dragan_points(real, alpha, noise, 0.5, np)
+    sigma = np.sqrt(5.0)  # population std of 1, 3, 5, 7
+    assert_close(x, real[0] + 0.5 * sigma * alpha[:, None], "float64")
+
+
+def test_spec_table_matches_design():
+    s = {n: gpreg.get_spec(n) for n in gpreg.BUILTIN_NAMES}
+    assert [s[n].points for n in ("wgan_gp", "wgan_lp", "zero_gp", "r1", "r2", "dragan",
+                                  "max_gp")] == ["interpolates"] * 3 + ["real", "fake",
+                                                                        "perturbed_real",
+                                                                        "interpolates"]
+    assert s["r1"].weight_name == "gamma" and s["r1"].weight_factor == 0.5
+    assert s["max_gp"].default_reduction == "max"
+    assert {n: s[n].arxiv for n in s} == {
+        "wgan_gp": "1704.00028", "wgan_lp": "1709.08894", "zero_gp": "1902.03984",
+        "r1": "1801.04406", "r2": "1801.04406", "dragan": "1705.07215", "max_gp": "1902.05687",
+    }
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(gpreg.UnknownPenaltyError, match="known penalties: wgan_gp, wgan_lp"):
+        gpreg.get_spec("wgangp")
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="points must be one of"):
+        gpreg.PenaltySpec("x", "middle", "squared")
+    with pytest.raises(ValueError, match="unknown shape"):
+        gpreg.PenaltySpec("x", "real", "cubic")
+
+
+def test_register_at_runtime():
+    spec = gpreg.PenaltySpec("runtime_r1_test", "real", "squared", weight_name="gamma")
+    gpreg.register_penalty(spec)
+    assert gpreg.get_spec("runtime_r1_test") is spec
+    with pytest.raises(ValueError, match="built-in"):
+        gpreg.register_penalty(gpreg.PenaltySpec("r1", "real", "squared"))
+
+
+PLUGIN = '''
+import gpreg
+
+SPEC = gpreg.PenaltySpec(
+    "huber_gp", "interpolates", "one_sided", default_weight=3.0,
+    title="test plugin", paper="none", arxiv="0000.00000",
+)
+'''
+
+
+def test_entry_point_plugin_from_an_installed_distribution(tmp_path):
+    """A package installed the usual way (a dist-info with entry_points.txt on sys.path)."""
+    (tmp_path / "gpreg_plugin_demo").mkdir()
+    (tmp_path / "gpreg_plugin_demo" / "__init__.py").write_text(PLUGIN)
+    dist = tmp_path / "gpreg_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gpreg-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[gpreg.penalties]\nhuber_gp = gpreg_plugin_demo:SPEC\n")
+    code = textwrap.dedent("""
+        import json, gpreg
+        names = gpreg.penalty_names()
+        spec = gpreg.get_spec("huber_gp")
+        out = {"names": names, "shape": spec.shape, "weight": spec.default_weight}
+        try:
+            import torch, gpreg_torch
+            fn = gpreg_torch.get_penalty("huber_gp")
+            crit = lambda x: 3 * x.sum(dim=1)   # norm 3*sqrt(2) at every point
+            val = fn(crit, torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2,
+                     dtype=torch.float64), target=1.0)
+            out["value"] = val.item()
+        except ImportError:
+            pass
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    out = json.loads(res.stdout)
+    assert out["names"][:7] == list(gpreg.BUILTIN_NAMES) and "huber_gp" in out["names"]
+    assert out["shape"] == "one_sided" and out["weight"] == 3.0
+    if "value" in out:
+        assert out["value"] == pytest.approx(3.0 * (3 * np.sqrt(2) - 1) ** 2)
+
+
+def test_broken_plugin_warns_and_builtins_survive(tmp_path):
+    dist = tmp_path / "broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[gpreg.penalties]\nbroken_gp = no_such_module:X\n")
+    code = ("import warnings, gpreg\nwith warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n    n = gpreg.penalty_names()\n"
+            "print(len(n), any('broken_gp' in str(x.message) for x in w))\n"
+            "try:\n    gpreg.get_spec('broken_gp')\nexcept KeyError as e:\n    print(str(e))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    lines = res.stdout.splitlines()
+    assert lines[0] == "7 True"
+    assert "failed to load" in lines[1] and "ModuleNotFoundError" in lines[1]
+
+
+def test_validation_messages():
+    with pytest.raises(ValueError, match=r"real \(2, 3\) and fake \(2, 4\)"):
+        v.check_same_shapes("f", [(2, 3)], [(2, 4)])
+    with pytest.raises(TypeError, match="must be a Python number"):
+        v.check_scalar("f", "weight", "10")
+    with pytest.raises(ValueError, match="different batch sizes"):
+        v.check_parts("f", "real", [(2, 3), (3, 1)])
+    assert v.check_scalar("f", "weight", np.float32(2.5)) == 2.5
+
+
+def test_tolerance_table():
+    assert tolerance("torch.float32") == tolerance("float32")
+    assert max_rel_error([1.0, 2.0], [1.0, 2.0]) == 0.0
+    with pytest.raises(AssertionError):
+        assert_close([1.0], [1.0 + 1e-6], "float64")
+
+
+def test_fixture_file_is_complete():
+    doc = json.loads((__import__("importlib.resources").resources.files("gpreg.fixtures")
+                      / "fixtures.json").read_text())
+    assert "hyper-dual" in doc["method"]
+    fx = gpreg.fixtures.load()
+    names = {f.name for f in fx}
+    assert {"linear", "quadratic", "mlp_tanh", "mlp_softplus", "mlp_leaky_relu", "mlp_elu",
+            "mlp_layernorm", "conv", "image_mlp", "two_input", "patch_map", "zero_grad",
+            "batch1"} <= names
+    for f in fx:
+        assert {c.penalty for c in f.cases} == set(gpreg.BUILTIN_NAMES)
+        for c in f.cases:
+            assert set(c.grads) == set(f.params)
+    zero = next(f for f in fx if f.name == "zero_grad")
+    assert all((c.norms == 0).any() and (c.norms > 0).any() for c in zero.cases)
+    assert next(f for f in fx if f.name == "batch1").batch == 1

@@ -1,0 +1,44 @@
+"""Run the whole gpreg test suite: lint, the core and PyTorch tests, and the doctests.
+
+Each group runs in its own pytest process (Keras reads KERAS_BACKEND once per process, so
+every Keras backend will get a process of its own). A group that collects no tests fails the
+run, as does any failure. Usage: ``python tools/run_tests.py [extra pytest args]``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
+    ("core", {}, ["tests/core"]),
+    ("torch", {}, ["tests/torch", "--doctest-modules", "gpreg_torch", "gpreg"]),
+]
+
+
+def main(argv: list[str]) -> int:
+    failures = []
+    t0 = time.perf_counter()
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT)
+    if lint.returncode != 0:
+        failures.append("ruff")
+    for name, env, args in GROUPS:
+        print(f"\n=== {name} ===", flush=True)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *argv]
+        rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}).returncode
+        if rc != 0:  # includes 5: no tests collected
+            failures.append(f"{name} (pytest exit {rc})")
+    took = time.perf_counter() - t0
+    if failures:
+        print(f"\nFAILED groups: {', '.join(failures)} ({took:.0f} s)")
+        return 1
+    print(f"\nall test groups passed ({took:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
