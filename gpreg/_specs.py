@@ -241,3 +241,35 @@ def get_spec(name: str) -> PenaltySpec:
         raise UnknownPenaltyError(
             f"unknown penalty {name!r}; known penalties: {', '.join(penalty_names())}.{hint}"
         ) from None
+
+
+_ROLES = {"interpolates": ("real", "fake"), "real": ("real",), "fake": ("fake",),
+          "perturbed_real": ("real",)}
+
+
+def bind(spec: PenaltySpec, run: Callable[..., Any], package: str) -> Callable[..., Any]:
+    """A public-style function for ``spec`` (used for plugin penalties by every adapter).
+
+    The result takes ``(critic, *data, **options)`` with the data arguments that the spec's
+    points need (``real, fake`` for interpolates, ``real`` for R1 and DRAGAN-like, ``fake``
+    for R2-like) and calls ``run(spec, critic, real=..., fake=..., weight=..., **options)``.
+    """
+    roles = _ROLES[spec.points]
+
+    def penalty(critic: Any, *data: Any, **options: Any) -> Any:
+        if len(data) != len(roles):
+            raise TypeError(
+                f"{package}.{spec.name} takes critic, {', '.join(roles)}; got {len(data)} data "
+                f"argument(s)"
+            )
+        if spec.weight_name != "weight" and spec.weight_name in options:
+            options["weight"] = options.pop(spec.weight_name)
+        return run(spec, critic, **dict(zip(roles, data)), **options)
+
+    penalty.__name__ = penalty.__qualname__ = spec.name
+    penalty.__doc__ = (
+        f"{spec.title or spec.name} (plugin penalty, evaluated at {spec.points}).\n\n"
+        f"    Call as ``{spec.name}(critic, {', '.join(roles)}, **options)``. {spec.paper}"
+        + (f" arXiv:{spec.arxiv}" if spec.arxiv else "")
+    )
+    return penalty

@@ -171,11 +171,16 @@ def run(
     generator: torch.Generator | None = None,
     reduction: str | None = None,
     create_graph: bool = True,
+    package: str = "gpreg_torch",
 ) -> Tensor:
-    """Compute the penalty that ``spec`` describes (the body of every public function)."""
+    """Compute the penalty that ``spec`` describes (the body of every public function).
+
+    ``package`` only names the caller in error messages (gpreg_keras on its torch backend
+    runs this same code).
+    """
     if isinstance(spec, str):
         spec = get_spec(spec)
-    where = f"gpreg_torch.{spec.name}"
+    where = f"{package}.{spec.name}"
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
@@ -193,3 +198,35 @@ def run(
         where, norms, spec.shape, weight=spec.weight_factor * w, target=t, ratio=bool(ratio),
         reduction=red,
     )
+
+
+def generic(
+    critic: Callable[..., Any],
+    points: Any,
+    *,
+    shape: str | Shape,
+    weight: float,
+    target: float,
+    ratio: bool,
+    reduction: str,
+    create_graph: bool,
+    package: str = "gpreg_torch",
+) -> Tensor:
+    """Body of ``gradient_penalty``: a penalty shape at points the caller chose."""
+    where = f"{package}.gradient_penalty"
+    w = v.check_scalar(where, "weight", weight)
+    t = v.check_target(where, target, bool(ratio))
+    red = v.check_reduction(where, reduction)
+    shape_obj = _shape(where, shape)
+    norms = grad_norm(critic, points, create_graph=create_graph, where=where)
+    return apply_shape(where, norms, shape_obj, weight=w, target=t, ratio=bool(ratio),
+                       reduction=red)
+
+
+def grad_norm(
+    critic: Callable[..., Any], points: Any, *, create_graph: bool, where: str
+) -> Tensor:
+    """Per-sample norms at the given points (body of ``grad_norm``)."""
+    pts = _parts(where, "points", points)
+    _check_devices(where, [("points", p) for p in pts])
+    return norms_from_gradients(input_gradients(where, critic, pts, create_graph))

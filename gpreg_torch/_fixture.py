@@ -71,9 +71,10 @@ def build_critic(
 ) -> FixtureCritic:
     """The fixture's critic with its stored parameters, in ``dtype`` on ``device``."""
     critic = FixtureCritic(*[_layer(s, fixture.params) for s in fixture.layers])
-    state = {k: torch.as_tensor(v) for k, v in fixture.params.items()}
+    critic = critic.to(device=device, dtype=dtype)  # before loading: keep float64 exact
+    state = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in fixture.params.items()}
     critic.load_state_dict(state, strict=True)
-    return critic.to(device=device, dtype=dtype)
+    return critic
 
 
 def tensors(arrays: tuple[Any, ...], dtype: torch.dtype, device: Any = "cpu") -> tuple:

@@ -1,0 +1,326 @@
+"""Docstring templates shared by the adapters: the specification of each public function.
+
+Each adapter fills ``<<example>>`` (a runnable example in its framework), ``<<rng_*>>``
+(its source of randomness: ``generator=`` in PyTorch, ``seed=`` in Keras) and
+``<<common>>`` (the calling convention), through :func:`render`.
+"""
+
+from __future__ import annotations
+
+COMMON = (
+    "The critic is called with the evaluation points (one tensor, or the parts of a tuple as\n"
+    "    separate positional arguments); its output keeps the batch as leading dimension and is\n"
+    "    summed per sample. :math:`n_i` is the Euclidean norm of the gradient of sample ``i``'s\n"
+    "    summed output with respect to all of sample ``i``'s input elements. The points are\n"
+    "    detached: no gradient reaches ``real`` or ``fake`` (nor the generator behind them)."
+)
+
+TEMPLATES: dict[str, str] = {}
+
+TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpolates of real and fake.
+
+    :math:`\lambda` is ``weight``, :math:`t` is ``target``, :math:`x` is ``real``,
+    :math:`\tilde x` is ``fake``, :math:`\alpha` is ``alpha`` and :math:`D` is ``critic``:
+
+    .. math::
+
+        \hat x_i = \alpha_i x_i + (1 - \alpha_i)\,\tilde x_i, \qquad
+        n_i = \lVert \nabla_{\hat x_i} D(\hat x_i) \rVert_2, \qquad
+        \mathrm{GP} = \frac{\lambda}{B} \sum_{i=1}^{B} (n_i - t)^2 .
+
+    With ``ratio=True`` the per-sample term is :math:`(n_i / t - 1)^2` (TF-GAN's and
+    ProGAN's form, equal to :math:`(n_i - t)^2 / t^2`).
+    <<common>>
+
+    Args:
+        critic: callable mapping the points to scores of shape ``(B,)`` or ``(B, ...)``.
+        real: real batch (a tensor, or a tuple of tensors for a multi-input critic).
+        fake: generated batch, same shape(s) as ``real``.
+        weight: :math:`\lambda`, non-negative (default 10, as in the paper).
+        target: :math:`t`, the gradient norm the penalty pulls towards (default 1).
+        ratio: use the ratio form :math:`(n/t - 1)^2`.
+        alpha: interpolation weights, shape ``(B,)`` (or ``(B, 1, ..., 1)``), or a number
+            for all samples; ``None`` draws :math:`\alpha_i \sim U[0, 1)` per sample.
+<<rng_alpha>>        reduction: ``"mean"`` (default), ``"sum"``, ``"max"`` or ``"none"`` (the scaled
+            per-sample vector of shape ``(B,)``).
+        create_graph: keep the graph of the input gradient so the penalty is differentiable
+            with respect to the critic's parameters (double backprop). ``False`` is for
+            evaluation only.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``), float32 or wider.
+
+    Raises:
+        ValueError: shapes of ``real`` and ``fake`` differ, ``alpha`` has the wrong shape,
+            the batch is empty, the critic's output does not lead with the batch, unknown
+            ``reduction``, negative or non-finite ``weight``/``target``.
+        TypeError: integer/bool points, or a critic returning something other than a tensor.
+        RuntimeError: the critic's output does not depend on its input.
+
+    Example:
+<<example>>
+
+    .. warning::
+        The paper evaluates the penalty without BatchNorm in the critic (it couples samples,
+        making per-sample gradients wrong); use LayerNorm or none.
+
+    References:
+        Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville. Improved Training of Wasserstein
+        GANs. NeurIPS 2017. arXiv:1704.00028.
+    """
+
+TEMPLATES["wgan_lp"] = r"""WGAN-LP: one-sided Lipschitz penalty at random interpolates.
+
+    Symbols as in :func:`wgan_gp`; only norms above the target are penalized:
+
+    .. math::
+
+        \mathrm{LP} = \frac{\lambda}{B} \sum_{i=1}^{B} \max(0,\, n_i - t)^2 .
+
+    With ``ratio=True`` the term is :math:`\max(0, n_i / t - 1)^2`.
+    <<common>>
+
+    Args:
+        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph:
+            as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    References:
+        Petzka, Fischer, Lukovnikov. On the Regularization of Wasserstein GANs. ICLR 2018.
+        arXiv:1709.08894.
+    """
+
+TEMPLATES["zero_gp"] = r"""0-GP: zero-centred gradient penalty at random interpolates.
+
+    Symbols as in :func:`wgan_gp`:
+
+    .. math::
+
+        \mathrm{0GP} = \frac{\lambda}{B} \sum_{i=1}^{B} n_i^2 .
+    <<common>>
+
+    Args:
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph: as in
+            :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    References:
+        Thanh-Tung, Tran, Venkatesh. Improving Generalization and Stability of Generative
+        Adversarial Networks. ICLR 2019. arXiv:1902.03984.
+    """
+
+TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over the interpolates of the batch.
+
+    Symbols as in :func:`wgan_gp`:
+
+    .. math::
+
+        \mathrm{MaxGP} = \lambda \max_{i} n_i^2 .
+
+    ``reduction`` defaults to ``"max"``; ``"none"`` gives the per-sample
+    :math:`\lambda n_i^2` and ``"mean"`` makes it :func:`zero_gp`.
+    <<common>>
+
+    Args:
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph: as in :func:`wgan_gp`.
+        reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    References:
+        Zhou, Liang, Song, Yu, Zhang, Zha. Lipschitz Generative Adversarial Nets. ICML 2019.
+        arXiv:1902.05687.
+    """
+
+TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
+
+    :math:`\gamma` is ``gamma``, :math:`x` is ``real``, :math:`D` is ``critic``:
+
+    .. math::
+
+        R_1 = \frac{\gamma}{2} \cdot \frac{1}{B} \sum_{i=1}^{B}
+              \lVert \nabla_{x_i} D(x_i) \rVert_2^2 .
+    <<common>>
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        real: real batch (tensor or tuple of tensors).
+        gamma: :math:`\gamma`, non-negative (default 10; StyleGAN presets range from 0.01 to
+            10 and grow with resolution squared).
+        reduction, create_graph: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    References:
+        Mescheder, Geiger, Nowozin. Which Training Methods for GANs do actually Converge?
+        ICML 2018. arXiv:1801.04406.
+    """
+
+TEMPLATES["r2"] = r"""R2: zero-centred gradient penalty on generated data.
+
+    :math:`\tilde x` is ``fake``, other symbols as in :func:`r1`:
+
+    .. math::
+
+        R_2 = \frac{\gamma}{2} \cdot \frac{1}{B} \sum_{i=1}^{B}
+              \lVert \nabla_{\tilde x_i} D(\tilde x_i) \rVert_2^2 .
+
+    R3GAN (NeurIPS 2024) uses R1 and R2 together.
+    <<common>>
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        fake: generated batch (tensor or tuple of tensors).
+        gamma, reduction, create_graph: as in :func:`r1`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    References:
+        Mescheder, Geiger, Nowozin. Which Training Methods for GANs do actually Converge?
+        ICML 2018. arXiv:1801.04406.
+    """
+
+TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed real data.
+
+    :math:`x` is ``real``, :math:`u` is ``noise``, :math:`\alpha` is ``alpha``, :math:`c` is
+    ``c``, :math:`\lambda` is ``weight``, :math:`t` is ``target``; :math:`\sigma` is the
+    population standard deviation of all elements of the real batch (a constant):
+
+    .. math::
+
+        \hat x_i = x_i + \alpha_i \, c \, \sigma \, u_i, \qquad
+        \mathrm{DRAGAN} = \frac{\lambda}{B} \sum_{i=1}^{B} (n_i - t)^2 .
+    <<common>>
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
+        weight, target, ratio, reduction, create_graph: as in :func:`wgan_gp`.
+        c: perturbation scale relative to :math:`\sigma` (default 0.5).
+        alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
+            :math:`U[0, 1)`.
+        noise: :math:`u`, shaped like ``real``; ``None`` draws :math:`U[0, 1)` elementwise
+            (after ``alpha``, from the same <<rng_name>>).
+<<rng_draws>>
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: as in :func:`wgan_gp`, or ``noise`` not shaped like ``real``.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    .. warning::
+        The paper perturbs with :math:`\delta \sim N(0, cI)`; this follows the authors'
+        reference code (uniform noise scaled by :math:`0.5\,\sigma`, then a random fraction
+        :math:`\alpha` of it), which is what "c = 0.5" in public code refers to.
+
+    References:
+        Kodali, Abernethy, Hays, Kira. On Convergence and Stability of GANs. 2017.
+        arXiv:1705.07215.
+    """
+
+TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you choose (custom recipes, no private API).
+
+    :math:`\hat x` is ``points``, :math:`\phi` is ``shape``, :math:`\lambda` is ``weight``:
+
+    .. math::
+
+        \frac{\lambda}{B} \sum_{i=1}^{B} \phi(n_i), \qquad
+        \phi \in \{(n - t)^2,\ \max(0, n - t)^2,\ n^2\} .
+
+    The points are used as given (detached); draw them however your recipe needs.
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        points: where to evaluate (a tensor or a tuple of tensors).
+        shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
+        weight: :math:`\lambda` (default 1).
+        target, ratio, reduction, create_graph: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: unknown ``shape``, and as in :func:`wgan_gp`.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>"""
+
+TEMPLATES["grad_norm"] = r"""Per-sample input-gradient norms :math:`n_i = \lVert \nabla_{x_i} D(x_i) \rVert_2`.
+
+    For logging and diagnostics (e.g. the mean norm at interpolates). Exact, with a finite
+    gradient where the input gradient is zero.
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        points: a tensor or a tuple of tensors.
+        create_graph: keep the graph (to differentiate the norms themselves).
+
+    Returns:
+        Tensor of shape ``(B,)``, float32 or wider.
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>"""
+
+
+
+def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
+    """The docstring of public function ``name`` for one adapter.
+
+    Args:
+        name: the public function.
+        example: the indented body of its ``Example:`` section.
+        rng: ``{"alpha": ..., "draws": ..., "name": ..., "name_plain": ...}`` lines and names
+            describing the adapter's randomness argument.
+        tensor: the adapter's tensor type, e.g. ``torch.Tensor``.
+    """
+    doc = TEMPLATES[name]
+    doc = doc.replace("<<common>>", "\n    " + COMMON)
+    doc = doc.replace("<<example>>", example.rstrip("\n"))
+    for key in ("alpha", "draws", "name_plain", "name"):
+        doc = doc.replace(f"<<rng_{key}>>", rng[key])
+    return doc.replace("<<tensor>>", tensor)
