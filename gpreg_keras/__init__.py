@@ -1,7 +1,34 @@
-"""gpreg for Keras 3 (TensorFlow, JAX and torch backends) — not implemented yet.
+"""gpreg for Keras 3: the same penalties on the TensorFlow, JAX and torch backends.
 
-The public surface will match ``gpreg_torch`` name for name. Until it lands, importing this
-package works but exposes nothing; use ``gpreg_torch`` for PyTorch.
+    >>> import gpreg_keras as gp
+    >>> # loss_d = ops.mean(fake_scores) - ops.mean(real_scores) + gp.wgan_gp(critic, real, fake)
+
+The backend is Keras's (``KERAS_BACKEND``). On JAX, pass a pure critic — see
+:func:`stateless_critic`.
 """
 
-__all__: list[str] = []
+from gpreg_keras._penalties import dragan as dragan
+from gpreg_keras._penalties import get_penalty as get_penalty
+from gpreg_keras._penalties import grad_norm as grad_norm
+from gpreg_keras._penalties import gradient_penalty as gradient_penalty
+from gpreg_keras._penalties import max_gp as max_gp
+from gpreg_keras._penalties import r1 as r1
+from gpreg_keras._penalties import r2 as r2
+from gpreg_keras._penalties import wgan_gp as wgan_gp
+from gpreg_keras._penalties import wgan_lp as wgan_lp
+from gpreg_keras._penalties import zero_gp as zero_gp
+from gpreg_keras._stateless import stateless_critic as stateless_critic
+
+__all__ = [
+    "dragan",
+    "get_penalty",
+    "grad_norm",
+    "gradient_penalty",
+    "max_gp",
+    "r1",
+    "r2",
+    "stateless_critic",
+    "wgan_gp",
+    "wgan_lp",
+    "zero_gp",
+]

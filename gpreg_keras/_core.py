@@ -1,0 +1,259 @@
+"""Keras 3 adapter body: randomness, points, checks and the penalty, per backend.
+
+The only backend-specific piece is the input gradient (``_tensorflow.py``, ``_jax.py``); on
+Keras's torch backend the whole computation is ``gpreg_torch``'s, with the random draws made
+here by ``keras.random`` so that ``seed=`` means the same on every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from gpreg import _math, _points
+from gpreg import _validation as v
+from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+
+
+def backend() -> str:
+    return keras.backend.backend()
+
+
+def _static(shape: Any) -> tuple[Any, ...]:
+    return tuple(None if s is None else int(s) for s in shape)
+
+
+def _dtype(x: Any) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
+    """Normalise ``x`` (tensor or tuple/list of tensors) to a tuple of stopped tensors."""
+    items = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    out = []
+    for p in items:
+        if isinstance(p, np.ndarray):
+            if p.dtype.kind not in "f":
+                v.check_floating(where, role, str(p.dtype), False)
+            p = ops.convert_to_tensor(p)
+        elif not ops.is_tensor(p):
+            raise TypeError(
+                f"{where}: {role} must be a tensor of the Keras backend ({backend()}) or a "
+                f"tuple of them (one per critic input); got {type(p).__name__}. Convert with "
+                f"keras.ops.convert_to_tensor(x, dtype='float32')."
+            )
+        dt = _dtype(p)
+        v.check_floating(where, role, dt, keras.backend.is_float_dtype(dt))
+        out.append(ops.stop_gradient(p))
+    shapes = [_static(p.shape) for p in out]
+    if all(s and s[0] is not None for s in shapes) or any(len(s) == 0 for s in shapes):
+        v.check_parts(where, role, shapes)
+    return tuple(out)
+
+
+def _batch(x: Any) -> Any:
+    b = x.shape[0]
+    return int(b) if b is not None else ops.shape(x)[0]
+
+
+def _is_traced(x: Any) -> bool:
+    if backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
+def _seed_for(seed: Any, k: int) -> Any:
+    """The seed of the k-th draw of one call: distinct streams for alpha and each noise part.
+
+    An int seed ``s`` gives ``s`` for alpha and a derived int for noise part ``k``; a JAX key
+    is folded with ``k``; a ``SeedGenerator`` advances by itself.
+    """
+    if seed is None or isinstance(seed, keras.random.SeedGenerator) or k == 0:
+        return seed
+    if isinstance(seed, (int, np.integer)):
+        return (int(seed) * 1_000_003 + k) & 0x7FFFFFFF
+    if backend() == "jax":
+        import jax
+
+        return jax.random.fold_in(seed, k)
+    raise TypeError(
+        f"seed must be None, an int, a keras.random.SeedGenerator or (on JAX) a key; got "
+        f"{type(seed).__name__}"
+    )
+
+
+def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any) -> Any:
+    if seed is None and _is_traced(like):
+        raise ValueError(
+            f"{where}: inside jax.jit (or any JAX transformation) the random draws need a seed: "
+            f"pass seed= (an int, a keras.random.SeedGenerator or a JAX key), or explicit "
+            f"alpha= (and noise= for DRAGAN)."
+        )
+    draw_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
+    return ops.cast(keras.random.uniform(shape, dtype=draw_dtype, seed=_seed_for(seed, k)), dtype)
+
+
+def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
+    batch = _batch(like)
+    dt = _dtype(like)
+    if alpha is None:
+        return _uniform(where, (batch,), dt, seed, 0, like)
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return ops.full((batch,), float(alpha), dtype=dt)
+    if not (ops.is_tensor(alpha) or isinstance(alpha, np.ndarray)):
+        raise TypeError(
+            f"{where}: alpha must be None, a number or a tensor of shape ({batch},); got "
+            f"{type(alpha).__name__}."
+        )
+    shape = _static(alpha.shape)
+    if isinstance(batch, int) and None not in shape:
+        v.check_alpha_shape(where, shape, batch)
+    return ops.reshape(ops.stop_gradient(ops.cast(alpha, dt)), (batch,))
+
+
+def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any) -> tuple[Any, ...]:
+    if noise is None:
+        return tuple(
+            _uniform(where, ops.shape(r), _dtype(r), seed, k + 1, r) for k, r in enumerate(real)
+        )
+    items = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
+    v.check_noise_shapes(where, [_static(n.shape) for n in items], [_static(r.shape) for r in real])
+    return tuple(ops.stop_gradient(ops.cast(n, _dtype(r))) for n, r in zip(items, real))
+
+
+def input_gradients(
+    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool
+) -> tuple[Any, ...]:
+    if backend() == "tensorflow":
+        from gpreg_keras import _tensorflow as impl
+    elif backend() == "jax":
+        from gpreg_keras import _jax as impl  # type: ignore[no-redef]
+    else:  # pragma: no cover - torch is routed to gpreg_torch before this point
+        raise NotImplementedError(backend())
+    return impl.input_gradients(where, critic, points, create_graph)
+
+
+def norms_from_gradients(grads: Any) -> Any:
+    acc = []
+    for g in grads:
+        dt = _dtype(g)
+        acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
+    return _math.safe_norm(_math.per_sample_sq_sum(acc, ops), ops)
+
+
+def shape_of(where: str, shape: str | Shape) -> Shape:
+    if isinstance(shape, Shape):
+        return shape
+    if shape not in SHAPES:
+        raise ValueError(
+            f"{where}: unknown shape {shape!r}; expected one of {', '.join(sorted(SHAPES))}."
+        )
+    return SHAPES[shape]
+
+
+def apply_shape(where: str, norms: Any, shape: str | Shape, *, weight: float, target: float,
+                ratio: bool, reduction: str) -> Any:
+    per_sample = shape_of(where, shape).fn(norms, target=target, ratio=ratio, xp=ops) * weight
+    return _math.reduce(per_sample, reduction, ops)
+
+
+def _check_dtypes(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> None:
+    v.check_same_shapes(where, [_static(t.shape) for t in r], [_static(t.shape) for t in f])
+    for i, (rt, ft) in enumerate(zip(r, f)):
+        v.check_same_dtype(where, [(f"real[{i}]", _dtype(rt)), (f"fake[{i}]", _dtype(ft))])
+
+
+def evaluation_points(spec: PenaltySpec, where: str, *, real: Any, fake: Any, alpha: Any,
+                      noise: Any, c: float, seed: Any) -> tuple[Any, ...]:
+    if spec.points == "real":
+        return parts(where, "real", real)
+    if spec.points == "fake":
+        return parts(where, "fake", fake)
+    r = parts(where, "real", real)
+    if spec.points == "perturbed_real":
+        a = alpha_values(where, alpha, r[0], seed)
+        u = noise_values(where, noise, r, seed)
+        return _points.dragan_points(r, a, u, c, ops)
+    f = parts(where, "fake", fake)
+    _check_dtypes(where, r, f)
+    a = alpha_values(where, alpha, r[0], seed)
+    return _points.interpolates(r, f, a, ops)
+
+
+def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, noise: Any,
+                      seed: Any) -> tuple[Any, Any]:
+    """On Keras's torch backend, draw with keras.random so ``seed=`` has one meaning."""
+    if spec.points not in ("interpolates", "perturbed_real"):
+        return alpha, noise
+    r = parts(where, "real", real)
+    if alpha is None:
+        alpha = alpha_values(where, None, r[0], seed)
+    if spec.points == "perturbed_real" and noise is None:
+        noise = noise_values(where, None, r, seed)
+        noise = noise[0] if len(noise) == 1 else noise
+    return alpha, noise
+
+
+def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None,
+        fake: Any = None, weight: float | None = None, target: float | None = None,
+        ratio: bool = False, c: float = 0.5, alpha: Any = None, noise: Any = None,
+        seed: Any = None, reduction: str | None = None, create_graph: bool = True) -> Any:
+    """Compute the penalty that ``spec`` describes on the active Keras backend."""
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    where = f"gpreg_keras.{spec.name}"
+    if backend() == "torch":
+        from gpreg_torch import _core as torch_core
+
+        alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed)
+        return torch_core.run(spec, critic, real=real, fake=fake, weight=weight, target=target,
+                              ratio=ratio, c=c, alpha=alpha, noise=noise, reduction=reduction,
+                              create_graph=create_graph, package="gpreg_keras")
+    if not callable(critic):
+        raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
+    w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
+    t = spec.default_target if target is None else target
+    t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
+    red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
+    if spec.points == "perturbed_real":
+        c = v.check_scalar(where, "c", c)
+    pts = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
+                            seed=seed)
+    grads = input_gradients(where, critic, pts, create_graph)
+    norms = norms_from_gradients(grads)
+    return apply_shape(where, norms, spec.shape, weight=spec.weight_factor * w, target=t,
+                       ratio=bool(ratio), reduction=red)
+
+
+def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
+            weight: float, target: float, ratio: bool, reduction: str,
+            create_graph: bool) -> Any:
+    """Body of ``gradient_penalty``: a shape at user-chosen points."""
+    if backend() == "torch":
+        from gpreg_torch import _core as torch_core
+
+        return torch_core.generic(critic, points, shape=shape, weight=weight, target=target,
+                                  ratio=ratio, reduction=reduction, create_graph=create_graph,
+                                  package="gpreg_keras")
+    w = v.check_scalar(where, "weight", weight)
+    t = v.check_target(where, target, bool(ratio))
+    red = v.check_reduction(where, reduction)
+    shp = shape_of(where, shape)
+    grads = input_gradients(where, critic, parts(where, "points", points), create_graph)
+    return apply_shape(where, norms_from_gradients(grads), shp, weight=w, target=t,
+                       ratio=bool(ratio), reduction=red)
+
+
+def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool) -> Any:
+    if backend() == "torch":
+        from gpreg_torch import _core as torch_core
+
+        return torch_core.grad_norm(critic, points, create_graph=create_graph, where=where)
+    grads = input_gradients(where, critic, parts(where, "points", points), create_graph)
+    return norms_from_gradients(grads)

@@ -1,0 +1,67 @@
+"""JAX backend: the input gradient with ``jax.grad`` of a pure critic.
+
+The critic must be a pure function of the points that closes over *traced* parameters —
+typically ``model.stateless_call(trainable_values, non_trainable_values, x)`` — so that an
+outer ``jax.grad`` with respect to those values sees the penalty. :func:`stateless_critic`
+builds that closure from a Keras model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+from jax.extend.core import Literal
+
+from gpreg import _validation as v
+
+
+def _keras_model_error(where: str) -> TypeError:
+    return TypeError(
+        f"{where}: on the JAX backend the critic must be a pure function of the points, not a "
+        f"Keras model: jax.grad can only differentiate with respect to the values you trace, "
+        f"and a model called directly uses its stored variables. Build the closure with "
+        f"gpreg_keras.stateless_critic(model, trainable_values, non_trainable_values) inside "
+        f"the function you differentiate (see its docstring)."
+    )
+
+
+def _depends_on_inputs(fn: Callable[..., Any], points: tuple[Any, ...]) -> bool:
+    """Whether ``fn``'s output depends differentiably on ``points`` (its linearization is
+    not a constant); ``stop_gradient`` inside ``fn`` cuts the dependence."""
+    _, linear = jax.linearize(fn, *points)
+    closed = jax.make_jaxpr(linear)(*points)
+    live = {id(x) for x in closed.jaxpr.invars}
+    for eqn in closed.jaxpr.eqns:
+        if any(id(x) in live for x in eqn.invars if not isinstance(x, Literal)):
+            live.update(id(o) for o in eqn.outvars)
+    return any(id(x) in live for x in closed.jaxpr.outvars if not isinstance(x, Literal))
+
+
+def input_gradients(
+    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool
+) -> tuple[Any, ...]:
+    """∂(Σ critic outputs)/∂points by ``jax.grad``, differentiable again by an outer grad."""
+    if isinstance(critic, keras.Layer):
+        raise _keras_model_error(where)
+    batch = int(points[0].shape[0])
+
+    def total(*pts: Any) -> Any:
+        out = critic(*pts)
+        if not isinstance(out, jax.Array):
+            raise v.bad_output_type(where, type(out).__name__, "JAX array")
+        v.check_output_shape(where, tuple(out.shape), batch)
+        return jnp.sum(out)
+
+    grads = jax.grad(total, argnums=tuple(range(len(points))))(*points)
+    tracing = any(isinstance(g, jax.core.Tracer) for g in grads)
+    if (tracing or not any(bool(jnp.any(g != 0)) for g in grads)) and not _depends_on_inputs(
+        total, points
+    ):
+        raise v.independent_critic(where)
+    if not create_graph:
+        grads = tuple(jax.lax.stop_gradient(g) for g in grads)
+    return tuple(grads)
