@@ -32,8 +32,9 @@ def per_sample_sq_sum(grads: Sequence[Array], xp: Namespace) -> Array:
     """Sum of squares of every non-batch element of every part, per sample: shape (B,)."""
     total = None
     for g in grads:
-        flat = xp.reshape(g, (g.shape[0], -1))
-        s = xp.sum(flat * flat, axis=1)
+        ndim = len(g.shape)
+        # sum over the non-batch axes (the batch size may be unknown while tracing)
+        s = g * g if ndim == 1 else xp.sum(g * g, axis=tuple(range(1, ndim)))
         total = s if total is None else total + s
     return total
 

@@ -16,7 +16,7 @@ Namespace = Any
 
 def _per_sample(alpha: Array, like: Array, xp: Namespace) -> Array:
     """Reshape ``alpha`` (B,) to (B, 1, ..., 1) so it broadcasts against ``like``."""
-    return xp.reshape(alpha, (like.shape[0],) + (1,) * (len(like.shape) - 1))
+    return xp.reshape(alpha, (-1,) + (1,) * (len(like.shape) - 1))
 
 
 def interpolates(

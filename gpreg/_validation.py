@@ -196,3 +196,19 @@ def check_finite(where: str, what: str, bad_samples: Sequence[int]) -> None:
             f"{where}: {what} is not finite (NaN or Inf) for sample(s) {shown}{more}. "
             f"Check the inputs of those samples and the critic's numerics."
         )
+
+
+def critic_failed(where: str, shapes: Sequence[Shape], exc: BaseException) -> BaseException:
+    """The critic raised on the evaluation points: the same error type, with the shapes the
+    penalty passed in and the layout hint, chained to the original (``raise ... from exc``)."""
+    listing = ", ".join(_fmt(s) for s in shapes)
+    msg = (
+        f"{where}: the critic failed on the evaluation points of shape {listing} "
+        f"({type(exc).__name__}: {exc}). The points have the shape of real/fake; check that "
+        f"they match what the critic takes (rank, channels-first vs channels-last layout, "
+        f"one tensor per input of a multi-input critic)."
+    )
+    try:
+        return type(exc)(msg)
+    except Exception:  # exception types with other constructors
+        return ValueError(msg)

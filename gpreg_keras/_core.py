@@ -17,6 +17,20 @@ from keras import ops
 from gpreg import _math, _points
 from gpreg import _validation as v
 from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+from gpreg_keras import _ops as xp
+
+
+def _positional(critic: Any) -> Any:
+    """Call convention: the parts go in as positional arguments; a multi-input Keras model
+    takes them as one list, the Keras way."""
+    if isinstance(critic, keras.Layer) and backend() != "jax":  # JAX refuses models later
+        model = critic
+
+        def call(*parts: Any) -> Any:
+            return model(parts[0] if len(parts) == 1 else list(parts))
+
+        return call
+    return critic
 
 
 def backend() -> str:
@@ -74,6 +88,14 @@ def _seed_for(seed: Any, k: int) -> Any:
     An int seed ``s`` gives ``s`` for alpha and a derived int for noise part ``k``; a JAX key
     is folded with ``k``; a ``SeedGenerator`` advances by itself.
     """
+    if backend() == "jax":
+        import jax
+
+        # An int seed becomes a key, so that an int passed into jax.jit (where it arrives as
+        # a 0-d integer array) draws the same numbers as the same int used eagerly.
+        traced_int = ops.is_tensor(seed) and jax.numpy.issubdtype(seed.dtype, jax.numpy.integer)
+        if isinstance(seed, (int, np.integer)) or (traced_int and len(seed.shape) == 0):
+            seed = jax.random.PRNGKey(seed)
     if seed is None or isinstance(seed, keras.random.SeedGenerator) or k == 0:
         return seed
     if isinstance(seed, (int, np.integer)):
@@ -144,7 +166,7 @@ def norms_from_gradients(grads: Any) -> Any:
     for g in grads:
         dt = _dtype(g)
         acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
-    return _math.safe_norm(_math.per_sample_sq_sum(acc, ops), ops)
+    return _math.safe_norm(_math.per_sample_sq_sum(acc, xp), xp)
 
 
 def shape_of(where: str, shape: str | Shape) -> Shape:
@@ -159,8 +181,8 @@ def shape_of(where: str, shape: str | Shape) -> Shape:
 
 def apply_shape(where: str, norms: Any, shape: str | Shape, *, weight: float, target: float,
                 ratio: bool, reduction: str) -> Any:
-    per_sample = shape_of(where, shape).fn(norms, target=target, ratio=ratio, xp=ops) * weight
-    return _math.reduce(per_sample, reduction, ops)
+    per_sample = shape_of(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
+    return _math.reduce(per_sample, reduction, xp)
 
 
 def _check_dtypes(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> None:
@@ -179,11 +201,11 @@ def evaluation_points(spec: PenaltySpec, where: str, *, real: Any, fake: Any, al
     if spec.points == "perturbed_real":
         a = alpha_values(where, alpha, r[0], seed)
         u = noise_values(where, noise, r, seed)
-        return _points.dragan_points(r, a, u, c, ops)
+        return _points.dragan_points(r, a, u, c, xp)
     f = parts(where, "fake", fake)
     _check_dtypes(where, r, f)
     a = alpha_values(where, alpha, r[0], seed)
-    return _points.interpolates(r, f, a, ops)
+    return _points.interpolates(r, f, a, xp)
 
 
 def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, noise: Any,
@@ -208,6 +230,7 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_keras.{spec.name}"
+    critic = _positional(critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
@@ -235,6 +258,7 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
             weight: float, target: float, ratio: bool, reduction: str,
             create_graph: bool) -> Any:
     """Body of ``gradient_penalty``: a shape at user-chosen points."""
+    critic = _positional(critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
@@ -251,6 +275,7 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
 
 
 def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool) -> Any:
+    critic = _positional(critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 

@@ -50,7 +50,10 @@ def input_gradients(
     batch = int(points[0].shape[0])
 
     def total(*pts: Any) -> Any:
-        out = critic(*pts)
+        try:
+            out = critic(*pts)
+        except (ValueError, TypeError) as exc:
+            raise v.critic_failed(where, [tuple(p.shape) for p in pts], exc) from exc
         if not isinstance(out, jax.Array):
             raise v.bad_output_type(where, type(out).__name__, "JAX array")
         v.check_output_shape(where, tuple(out.shape), batch)

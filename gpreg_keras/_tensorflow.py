@@ -67,7 +67,10 @@ def input_gradients(
     with exact_moments(), tf.GradientTape(watch_accessed_variables=False) as tape:
         for p in points:
             tape.watch(p)
-        out = critic(*points)
+        try:
+            out = critic(*points)
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+            raise v.critic_failed(where, [tuple(p.shape) for p in points], exc) from exc
         if not tf.is_tensor(out):
             raise v.bad_output_type(where, type(out).__name__, "tensor")
         if batch is not None:

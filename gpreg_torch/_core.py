@@ -77,7 +77,10 @@ def input_gradients(
     """
     batch = points[0].shape[0]
     leaves = tuple(p.requires_grad_(True) for p in points)
-    out = critic(*leaves)
+    try:
+        out = critic(*leaves)
+    except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise v.critic_failed(where, [tuple(p.shape) for p in leaves], exc) from exc
     if not isinstance(out, torch.Tensor):
         raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
     v.check_output_shape(where, tuple(out.shape), batch)

@@ -1,4 +1,4 @@
-"""Run the whole gpreg test suite: lint, the core and PyTorch tests, and the doctests.
+"""Run the whole gpreg test suite: lint, core, PyTorch, Keras on each backend, doctests.
 
 Each group runs in its own pytest process (Keras reads KERAS_BACKEND once per process, so
 every Keras backend will get a process of its own). A group that collects no tests fails the
@@ -17,6 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
     ("core", {}, ["tests/core"]),
     ("torch", {}, ["tests/torch", "--doctest-modules", "gpreg_torch", "gpreg"]),
+] + [
+    (f"keras-{b}", {"KERAS_BACKEND": b},
+     ["tests/keras", "--doctest-modules", "gpreg_keras/_penalties.py"])
+    for b in ("tensorflow", "jax", "torch")
 ]
 
 

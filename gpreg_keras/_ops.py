@@ -1,0 +1,32 @@
+"""The array namespace the core formulas run on under Keras: ``keras.ops`` with two fixes.
+
+``keras.ops.mean`` (and ``std``, built on it) lose float64 precision on Keras's JAX backend
+(a float64 mean comes back rounded to float32). Both are rebuilt here from ``sum``, which is
+exact; everything else is ``keras.ops`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras import ops
+
+where = ops.where
+sqrt = ops.sqrt
+sum = ops.sum
+max = ops.max
+reshape = ops.reshape
+zeros_like = ops.zeros_like
+ones_like = ops.ones_like
+
+
+def mean(x: Any) -> Any:
+    """Mean of all elements, exact in float64 on every backend."""
+    flat = ops.reshape(x, (-1,))
+    return ops.sum(flat) / ops.cast(ops.shape(flat)[0], x.dtype)
+
+
+def std(x: Any) -> Any:
+    """Population standard deviation (ddof 0) of all elements."""
+    d = x - mean(x)
+    return ops.sqrt(mean(d * d))

@@ -1,0 +1,144 @@
+"""What only one Keras backend has: JAX's purity and seeds, TensorFlow's tapes and the exact
+normalization statistics."""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+
+import gpreg_keras as gp
+from gpreg import fixtures
+from gpreg._tolerances import assert_close, max_rel_error
+
+BACKEND = keras.backend.backend()
+REAL = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+FAKE = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+
+
+def small_model():
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, activation="tanh"),
+                             keras.layers.Dense(1)])
+
+
+if BACKEND == "jax":
+    import jax
+    import jax.numpy as jnp
+
+    def test_keras_model_on_jax_is_refused_with_the_fix():
+        with pytest.raises(TypeError, match="stateless_critic"):
+            gp.wgan_gp(small_model(), jnp.asarray(REAL), jnp.asarray(FAKE), seed=0)
+
+    def test_traced_call_without_seed_is_a_clear_error():
+        critic = gp.stateless_critic(small_model())
+
+        @jax.jit
+        def f(real, fake):
+            return gp.wgan_gp(critic, real, fake)
+
+        with pytest.raises(ValueError, match="inside jax.jit .* need a seed: pass seed="):
+            f(jnp.asarray(REAL), jnp.asarray(FAKE))
+
+    @pytest.mark.parametrize("seed", [7, "key", "typed_key", "generator"])
+    def test_jit_and_eager_agree_for_every_seed_kind(seed):
+        model = small_model()
+        tv = [v.value for v in model.trainable_variables]
+        if seed == "key":
+            seed = jax.random.PRNGKey(3)
+        elif seed == "typed_key":
+            seed = jax.random.key(3)
+
+        def loss(tv, real, fake, s):
+            return gp.dragan(gp.stateless_critic(model, tv), real, seed=s) + gp.wgan_gp(
+                gp.stateless_critic(model, tv), real, fake, seed=s)
+
+        if seed == "generator":
+            # a SeedGenerator is stateful: eager use only (under jit use an int or a key)
+            v0, g0 = jax.value_and_grad(loss)(tv, REAL, FAKE, keras.random.SeedGenerator(1))
+            v1, g1 = jax.value_and_grad(loss)(tv, REAL, FAKE, keras.random.SeedGenerator(1))
+        else:
+            v0, g0 = jax.value_and_grad(loss)(tv, REAL, FAKE, seed)
+            v1, g1 = jax.jit(jax.value_and_grad(loss))(tv, REAL, FAKE, seed)
+        assert_close(np.asarray(v1), np.asarray(v0), "float32")
+        for a, b in zip(g1, g0):
+            assert_close(np.asarray(a), np.asarray(b), "float32")
+
+    def test_stateless_critic_gradient_matches_direct_jax():
+        """The penalty's parameter gradient through stateless_critic equals a hand-written
+        jax.grad of the same formula."""
+        model = small_model()
+        tv = [v.value for v in model.trainable_variables]
+        alpha = jnp.linspace(0.1, 0.9, 4)
+
+        def ours(tv):
+            return gp.wgan_gp(gp.stateless_critic(model, tv), REAL, FAKE, alpha=alpha)
+
+        def manual(tv):
+            w1, b1, w2, b2 = tv
+            x = alpha[:, None] * REAL + (1 - alpha[:, None]) * FAKE
+            def d(xi):
+                return (jnp.tanh(xi @ w1 + b1) @ w2 + b2)[0]
+            g = jax.vmap(jax.grad(d))(x)
+            return 10.0 * jnp.mean((jnp.sqrt(jnp.sum(g * g, axis=1)) - 1.0) ** 2)
+
+        for a, b in zip(jax.grad(ours)(tv), jax.grad(manual)(tv)):
+            assert_close(np.asarray(a), np.asarray(b), "float32")
+
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    from gpreg_keras import _tensorflow
+    from gpreg_keras._fixture import run_case
+
+    def test_tf_module_and_plain_callable_critics():
+        class Critic(tf.Module):
+            def __init__(self):
+                self.w = tf.Variable(tf.random.normal((3, 1), seed=1))
+
+            def __call__(self, x):
+                return tf.tanh(x @ self.w)
+
+        critic = Critic()
+        with tf.GradientTape() as tape:
+            value = gp.wgan_gp(critic, tf.constant(REAL), tf.constant(FAKE), seed=0)
+        (grad,) = tape.gradient(value, [critic.w])
+        assert grad is not None and np.all(np.isfinite(grad.numpy()))
+
+    def test_graph_mode_with_unknown_batch():
+        model = small_model()
+        spec = tf.TensorSpec((None, 3), tf.float32)
+
+        @tf.function(input_signature=[spec, spec], jit_compile=True)
+        def step(real, fake):
+            with tf.GradientTape() as tape:
+                value = gp.wgan_gp(model, real, fake, seed=1)
+            return value, tape.gradient(value, model.trainable_variables)
+
+        value, grads = step(tf.constant(REAL), tf.constant(FAKE))
+        assert np.isfinite(value.numpy()) and all(g is not None for g in grads[:2])
+
+    def test_keras_moments_are_wrong_to_second_order_without_the_fix(monkeypatch):
+        """Why exact_moments exists: with Keras's own tf.nn.moments the LayerNorm critic's
+        penalty gradient is wrong (first-order quantities stay right)."""
+        fx = next(f for f in fixtures.load() if f.name == "mlp_layernorm")
+        case = fx.case("wgan_gp")
+        fixed = run_case(fx, case, "float64")
+        for name, expected in case.grads.items():
+            assert_close(fixed["grads"][name], expected, "float64")
+        monkeypatch.setattr(_tensorflow, "exact_moments", contextlib.nullcontext)
+        broken = run_case(fx, case, "float64")
+        assert_close(broken["norms"], case.norms, "float64")  # first order: fine
+        errors = [max_rel_error(broken["grads"][k], v) for k, v in case.grads.items()]
+        assert max(errors) > 1e-3  # second order: wrong
+
+    def test_exact_moments_restores_keras_on_error():
+        from keras.src.backend.tensorflow import nn as knn
+
+        original = knn._compute_moments
+        with pytest.raises(ZeroDivisionError), _tensorflow.exact_moments():
+            assert knn._compute_moments is not original
+            raise ZeroDivisionError
+        assert knn._compute_moments is original
