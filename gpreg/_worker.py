@@ -13,9 +13,12 @@ import time
 import traceback
 from typing import Any
 
-# framework path -> (module with run_case, dtype lookup)
-PATHS: dict[str, str] = {
-    "torch": "gpreg_torch._fixture",
+# framework path -> (module with run_case/dtype/versions, environment of its process)
+PATHS: dict[str, tuple[str, dict[str, str]]] = {
+    "torch": ("gpreg_torch._fixture", {}),
+    "keras-tensorflow": ("gpreg_keras._fixture", {"KERAS_BACKEND": "tensorflow"}),
+    "keras-jax": ("gpreg_keras._fixture", {"KERAS_BACKEND": "jax"}),
+    "keras-torch": ("gpreg_keras._fixture", {"KERAS_BACKEND": "torch"}),
 }
 
 
@@ -34,8 +37,16 @@ def run(path: str, dtypes: list[str], penalties: list[str] | None) -> dict[str, 
 
     if path not in PATHS:
         return {"status": "unknown", "reason": f"unknown framework path {path!r}"}
+    module, env = PATHS[path]
+    if env.get("KERAS_BACKEND") == "jax":
+        try:
+            import jax
+
+            jax.config.update("jax_enable_x64", True)  # before Keras creates any array
+        except ImportError as exc:
+            return {"status": "not installed", "reason": f"{type(exc).__name__}: {exc}"}
     try:
-        mod = importlib.import_module(PATHS[path])
+        mod = importlib.import_module(module)
     except ImportError as exc:
         return {"status": "not installed", "reason": f"{type(exc).__name__}: {exc}"}
     results = []
@@ -44,7 +55,9 @@ def run(path: str, dtypes: list[str], penalties: list[str] | None) -> dict[str, 
             for case in fx.cases:
                 if penalties and case.penalty not in penalties:
                     continue
-                row: dict[str, Any] = {"fixture": fx.name, "case": case.id, "dtype": dtype}
+                tol = getattr(mod, "tolerance_key", lambda d: d)(dtype)
+                row: dict[str, Any] = {"fixture": fx.name, "case": case.id, "dtype": dtype,
+                                       "tolerance": tol}
                 try:
                     t0 = time.perf_counter()
                     got = mod.run_case(fx, case, mod.dtype(dtype))

@@ -9,18 +9,14 @@ import pytest
 
 from gpreg import fixtures
 from gpreg._tolerances import assert_close
-from gpreg_keras._fixture import build_critic, run_case, tensors
+from gpreg_keras._fixture import build_critic, run_case, tensors, tolerance_key
 
 CASES = [(f, c) for f in fixtures.load() for c in f.cases]
 BACKEND = keras.backend.backend()
 
 # Keras 3 computes some float64 ops in float32 on its JAX and torch backends (see
 # test_float64_is_demoted_outside_tensorflow): float64 there holds to float32 accuracy only.
-DEMOTED = BACKEND in ("jax", "torch")
-
-
-def tolerance_key(dtype: str) -> str:
-    return "float32" if dtype == "float64" and DEMOTED else dtype
+DEMOTED = tolerance_key("float64") == "float32"
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
