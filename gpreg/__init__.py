@@ -5,6 +5,7 @@ This core package imports NumPy only. The framework functions live in ``gpreg_to
 registry, the formulas, the evaluation points, the input checks and the numerical fixtures.
 """
 
+from gpreg._lazy import LazyRegularization
 from gpreg._specs import (
     BUILTIN_NAMES,
     ENTRY_POINT_GROUP,
@@ -25,6 +26,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "SHAPES",
     "TOLERANCES",
+    "LazyRegularization",
     "PenaltySpec",
     "Shape",
     "UnknownPenaltyError",

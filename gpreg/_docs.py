@@ -46,6 +46,11 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
         create_graph: keep the graph of the input gradient so the penalty is differentiable
             with respect to the critic's parameters (double backprop). ``False`` is for
             evaluation only.
+<<scaler>>        global_batch_size: under data parallelism where gradients are *summed* over
+            replicas (``tf.distribute``, Keras's optimizers), the batch size over all
+            replicas: ``reduction="mean"`` then divides the local sum by it, so the summed
+            gradient is that of the global mean. Leave ``None`` under PyTorch DDP, which
+            averages.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``), float32 or wider.
@@ -81,8 +86,8 @@ TEMPLATES["wgan_lp"] = r"""WGAN-LP: one-sided Lipschitz penalty at random interp
     <<common>>
 
     Args:
-        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph:
-            as in :func:`wgan_gp`.
+        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph,
+            scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -108,8 +113,8 @@ TEMPLATES["zero_gp"] = r"""0-GP: zero-centred gradient penalty at random interpo
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph: as in
-            :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph,
+            scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -138,7 +143,8 @@ TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over 
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler,
+            global_batch_size: as in :func:`wgan_gp`.
         reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -170,7 +176,7 @@ TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
         real: real batch (tensor or tuple of tensors).
         gamma: :math:`\gamma`, non-negative (default 10; StyleGAN presets range from 0.01 to
             10 and grow with resolution squared).
-        reduction, create_graph: as in :func:`wgan_gp`.
+        reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -201,7 +207,7 @@ TEMPLATES["r2"] = r"""R2: zero-centred gradient penalty on generated data.
     Args:
         critic: as in :func:`wgan_gp`.
         fake: generated batch (tensor or tuple of tensors).
-        gamma, reduction, create_graph: as in :func:`r1`.
+        gamma, reduction, create_graph, scaler, global_batch_size: as in :func:`r1`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -232,7 +238,8 @@ TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed re
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
-        weight, target, ratio, reduction, create_graph: as in :func:`wgan_gp`.
+        weight, target, ratio, reduction, create_graph, scaler, global_batch_size: as in
+            :func:`wgan_gp`.
         c: perturbation scale relative to :math:`\sigma` (default 0.5).
         alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
             :math:`U[0, 1)`.
@@ -275,7 +282,8 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
         points: where to evaluate (a tensor or a tuple of tensors).
         shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
         weight: :math:`\lambda` (default 1).
-        target, ratio, reduction, create_graph: as in :func:`wgan_gp`.
+        target, ratio, reduction, create_graph, scaler, global_batch_size: as in
+            :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -323,4 +331,5 @@ def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
     doc = doc.replace("<<example>>", example.rstrip("\n"))
     for key in ("alpha", "draws", "name_plain", "name"):
         doc = doc.replace(f"<<rng_{key}>>", rng[key])
+    doc = doc.replace("<<scaler>>", rng["scaler"])
     return doc.replace("<<tensor>>", tensor)

@@ -21,11 +21,11 @@ def safe_norm(sq_sum: Array, xp: Namespace) -> Array:
     ``sqrt(sum(g**2))`` turns an exactly-zero input gradient into NaN parameter gradients.
     Adding an epsilon (TF-GAN uses 1e-10, compare_gan 1e-4) biases the value instead.
     Here both branches of the outer ``where`` are finite everywhere: the value is exact and
-    the derivative is 0 where ``s == 0``.
+    the derivative is 0 where ``s == 0``. A NaN or Inf sum stays NaN or Inf.
     """
-    positive = sq_sum > 0
-    safe = xp.where(positive, sq_sum, xp.ones_like(sq_sum))
-    return xp.where(positive, xp.sqrt(safe), xp.zeros_like(sq_sum))
+    zero = sq_sum == 0  # NaN and Inf are not zero: they propagate, never silently vanish
+    safe = xp.where(zero, xp.ones_like(sq_sum), sq_sum)
+    return xp.where(zero, xp.zeros_like(sq_sum), xp.sqrt(safe))
 
 
 def per_sample_sq_sum(grads: Sequence[Array], xp: Namespace) -> Array:
@@ -61,10 +61,14 @@ def squared(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array
     return norms * norms
 
 
-def reduce(values: Array, reduction: str, xp: Namespace) -> Array:
-    """Reduce per-sample penalties of shape (B,): ``mean``, ``sum``, ``max`` or ``none``."""
+def reduce(values: Array, reduction: str, xp: Namespace, count: int | None = None) -> Array:
+    """Reduce per-sample penalties of shape (B,): ``mean``, ``sum``, ``max`` or ``none``.
+
+    With ``count`` (a global batch size under data parallelism), ``mean`` is the local sum
+    divided by ``count``: summed over replicas, that is the mean over the global batch.
+    """
     if reduction == "mean":
-        return xp.mean(values)
+        return xp.mean(values) if count is None else xp.sum(values) / count
     if reduction == "sum":
         return xp.sum(values)
     if reduction == "max":

@@ -212,3 +212,22 @@ def critic_failed(where: str, shapes: Sequence[Shape], exc: BaseException) -> Ba
         return type(exc)(msg)
     except Exception:  # exception types with other constructors
         return ValueError(msg)
+
+
+def check_global_batch_size(where: str, reduction: str, global_batch_size: object) -> int | None:
+    """``None``, or a positive int used with ``reduction="mean"``."""
+    if global_batch_size is None:
+        return None
+    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or (
+        global_batch_size <= 0
+    ):
+        raise ValueError(
+            f"{where}: global_batch_size must be a positive int (the batch size summed over "
+            f"all replicas); got {global_batch_size!r}."
+        )
+    if reduction != "mean":
+        raise ValueError(
+            f"{where}: global_batch_size divides the per-replica sum, so it needs "
+            f"reduction='mean'; got reduction={reduction!r}."
+        )
+    return global_batch_size

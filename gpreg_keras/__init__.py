@@ -7,6 +7,7 @@ The backend is Keras's (``KERAS_BACKEND``). On JAX, pass a pure critic — see
 :func:`stateless_critic`.
 """
 
+from gpreg._lazy import LazyRegularization as LazyRegularization
 from gpreg_keras._penalties import dragan as dragan
 from gpreg_keras._penalties import get_penalty as get_penalty
 from gpreg_keras._penalties import grad_norm as grad_norm
@@ -20,6 +21,7 @@ from gpreg_keras._penalties import zero_gp as zero_gp
 from gpreg_keras._stateless import stateless_critic as stateless_critic
 
 __all__ = [
+    "LazyRegularization",
     "dragan",
     "get_penalty",
     "grad_norm",

@@ -150,15 +150,47 @@ def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any) -> tu
 
 
 def input_gradients(
-    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool
+    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool,
+    scaler: Any = None,
 ) -> tuple[Any, ...]:
+    scale = None if scaler is None else loss_scale(where, scaler)
     if backend() == "tensorflow":
         from gpreg_keras import _tensorflow as impl
     elif backend() == "jax":
         from gpreg_keras import _jax as impl  # type: ignore[no-redef]
     else:  # pragma: no cover - torch is routed to gpreg_torch before this point
         raise NotImplementedError(backend())
-    return impl.input_gradients(where, critic, points, create_graph)
+    grads = impl.input_gradients(where, critic, points, create_graph, scale)
+    if scale is not None:  # unscale out of place, in float32
+        grads = tuple(ops.cast(g, "float32") / ops.cast(scale, "float32") for g in grads)
+    return grads
+
+
+def loss_scale(where: str, scaler: Any) -> Any:
+    """The current loss scale of a ``keras.optimizers.LossScaleOptimizer``."""
+    scale = getattr(scaler, "dynamic_scale", None)
+    if scale is None:
+        raise TypeError(
+            f"{where}: scaler must be a keras.optimizers.LossScaleOptimizer (the optimizer "
+            f"that mixed_float16 training uses); got {type(scaler).__name__}."
+        )
+    return ops.convert_to_tensor(scale)
+
+
+class _TorchScalerView:
+    """A LossScaleOptimizer seen through GradScaler's interface (Keras on torch)."""
+
+    def __init__(self, where: str, scaler: Any) -> None:
+        self._scale = loss_scale(where, scaler)
+
+    def is_enabled(self) -> bool:
+        return True
+
+    def scale(self, x: Any) -> Any:
+        return x * self._scale.to(x.dtype)
+
+    def get_scale(self) -> float:
+        return float(self._scale)
 
 
 def norms_from_gradients(grads: Any) -> Any:
@@ -180,9 +212,9 @@ def shape_of(where: str, shape: str | Shape) -> Shape:
 
 
 def apply_shape(where: str, norms: Any, shape: str | Shape, *, weight: float, target: float,
-                ratio: bool, reduction: str) -> Any:
+                ratio: bool, reduction: str, global_batch_size: int | None = None) -> Any:
     per_sample = shape_of(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
-    return _math.reduce(per_sample, reduction, xp)
+    return _math.reduce(per_sample, reduction, xp, count=global_batch_size)
 
 
 def _check_dtypes(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> None:
@@ -225,7 +257,8 @@ def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, nois
 def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None,
         fake: Any = None, weight: float | None = None, target: float | None = None,
         ratio: bool = False, c: float = 0.5, alpha: Any = None, noise: Any = None,
-        seed: Any = None, reduction: str | None = None, create_graph: bool = True) -> Any:
+        seed: Any = None, reduction: str | None = None, create_graph: bool = True,
+        scaler: Any = None, global_batch_size: int | None = None) -> Any:
     """Compute the penalty that ``spec`` describes on the active Keras backend."""
     if isinstance(spec, str):
         spec = get_spec(spec)
@@ -237,26 +270,29 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed)
         return torch_core.run(spec, critic, real=real, fake=fake, weight=weight, target=target,
                               ratio=ratio, c=c, alpha=alpha, noise=noise, reduction=reduction,
-                              create_graph=create_graph, package="gpreg_keras")
+                              create_graph=create_graph, package="gpreg_keras",
+                              scaler=None if scaler is None else _TorchScalerView(where, scaler),
+                              global_batch_size=global_batch_size)
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
     t = spec.default_target if target is None else target
     t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
+    gbs = v.check_global_batch_size(where, red, global_batch_size)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
     pts = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
                             seed=seed)
-    grads = input_gradients(where, critic, pts, create_graph)
+    grads = input_gradients(where, critic, pts, create_graph, scaler)
     norms = norms_from_gradients(grads)
     return apply_shape(where, norms, spec.shape, weight=spec.weight_factor * w, target=t,
-                       ratio=bool(ratio), reduction=red)
+                       ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
             weight: float, target: float, ratio: bool, reduction: str,
-            create_graph: bool) -> Any:
+            create_graph: bool, scaler: Any = None, global_batch_size: int | None = None) -> Any:
     """Body of ``gradient_penalty``: a shape at user-chosen points."""
     critic = _positional(critic)
     if backend() == "torch":
@@ -264,14 +300,17 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
 
         return torch_core.generic(critic, points, shape=shape, weight=weight, target=target,
                                   ratio=ratio, reduction=reduction, create_graph=create_graph,
-                                  package="gpreg_keras")
+                                  package="gpreg_keras", global_batch_size=global_batch_size,
+                                  scaler=None if scaler is None else _TorchScalerView(where,
+                                                                                      scaler))
     w = v.check_scalar(where, "weight", weight)
     t = v.check_target(where, target, bool(ratio))
     red = v.check_reduction(where, reduction)
+    gbs = v.check_global_batch_size(where, red, global_batch_size)
     shp = shape_of(where, shape)
-    grads = input_gradients(where, critic, parts(where, "points", points), create_graph)
+    grads = input_gradients(where, critic, parts(where, "points", points), create_graph, scaler)
     return apply_shape(where, norms_from_gradients(grads), shp, weight=w, target=t,
-                       ratio=bool(ratio), reduction=red)
+                       ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool) -> Any:

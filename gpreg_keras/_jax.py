@@ -42,7 +42,11 @@ def _depends_on_inputs(fn: Callable[..., Any], points: tuple[Any, ...]) -> bool:
 
 
 def input_gradients(
-    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool
+    where: str,
+    critic: Callable[..., Any],
+    points: tuple[Any, ...],
+    create_graph: bool,
+    scale: Any = None,
 ) -> tuple[Any, ...]:
     """∂(Σ critic outputs)/∂points by ``jax.grad``, differentiable again by an outer grad."""
     if isinstance(critic, keras.Layer):
@@ -57,7 +61,8 @@ def input_gradients(
         if not isinstance(out, jax.Array):
             raise v.bad_output_type(where, type(out).__name__, "JAX array")
         v.check_output_shape(where, tuple(out.shape), batch)
-        return jnp.sum(out)
+        total = jnp.sum(out)
+        return total if scale is None else total.astype(jnp.float32) * scale
 
     grads = jax.grad(total, argnums=tuple(range(len(points))))(*points)
     tracing = any(isinstance(g, jax.core.Tracer) for g in grads)

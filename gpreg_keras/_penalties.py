@@ -66,6 +66,9 @@ _RNG = {
     "            needed under ``jax.jit`` unless ``alpha`` and ``noise`` are given.\n",
     "name": "``seed``",
     "name_plain": "seed",
+    "scaler": "        scaler: a ``keras.optimizers.LossScaleOptimizer`` for ``mixed_float16``:\n"
+    "            the inner gradient is taken of the output times the current loss scale\n"
+    "            and divided by it, and the norm is computed in float32.\n",
 }
 
 
@@ -92,10 +95,13 @@ def wgan_gp(
     seed: Any = None,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -112,10 +118,13 @@ def wgan_lp(
     seed: Any = None,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -130,10 +139,13 @@ def zero_gp(
     seed: Any = None,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         seed=seed, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -148,10 +160,13 @@ def max_gp(
     seed: Any = None,
     reduction: str = "max",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         seed=seed, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -163,9 +178,12 @@ def r1(
     gamma: float = 10.0,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
-        "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph
+        "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -177,9 +195,12 @@ def r2(
     gamma: float = 10.0,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
-        "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph
+        "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -197,11 +218,14 @@ def dragan(
     seed: Any = None,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
         alpha=alpha, noise=noise, seed=seed, reduction=reduction,
         create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 
@@ -216,10 +240,13 @@ def gradient_penalty(
     ratio: bool = False,
     reduction: str = "mean",
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     return _core.generic(
         "gpreg_keras.gradient_penalty", critic, points, shape=shape, weight=weight,
         target=target, ratio=ratio, reduction=reduction, create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
     )
 
 

@@ -60,9 +60,14 @@ def exact_moments() -> Iterator[None]:
 
 
 def input_gradients(
-    where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool
+    where: str,
+    critic: Callable[..., Any],
+    points: tuple[Any, ...],
+    create_graph: bool,
+    scale: Any = None,
 ) -> tuple[Any, ...]:
-    """∂(Σ critic outputs)/∂points with a nested tape, one tensor per part."""
+    """∂(Σ critic outputs)/∂points with a nested tape, one tensor per part (of the output
+    times ``scale`` when a loss scale is given; the caller unscales)."""
     batch = points[0].shape[0]
     with exact_moments(), tf.GradientTape(watch_accessed_variables=False) as tape:
         for p in points:
@@ -76,6 +81,8 @@ def input_gradients(
         if batch is not None:
             v.check_output_shape(where, tuple(out.shape), int(batch))
         total = tf.reduce_sum(out)
+        if scale is not None:
+            total = tf.cast(total, tf.float32) * tf.cast(scale, tf.float32)
     grads = tape.gradient(total, list(points))
     if all(g is None for g in grads):
         raise v.independent_critic(where)

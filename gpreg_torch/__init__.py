@@ -4,7 +4,9 @@
     >>> # loss_d = fake_scores.mean() - real_scores.mean() + gp.wgan_gp(critic, real, fake)
 """
 
+from gpreg._lazy import LazyRegularization as LazyRegularization
 from gpreg_torch._penalties import dragan as dragan
+from gpreg_torch._penalties import from_scores as from_scores
 from gpreg_torch._penalties import get_penalty as get_penalty
 from gpreg_torch._penalties import grad_norm as grad_norm
 from gpreg_torch._penalties import gradient_penalty as gradient_penalty
@@ -16,7 +18,9 @@ from gpreg_torch._penalties import wgan_lp as wgan_lp
 from gpreg_torch._penalties import zero_gp as zero_gp
 
 __all__ = [
+    "LazyRegularization",
     "dragan",
+    "from_scores",
     "get_penalty",
     "grad_norm",
     "gradient_penalty",

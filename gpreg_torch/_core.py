@@ -5,7 +5,8 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -67,31 +68,95 @@ def _noise(
     return tuple(n.detach().to(device=r.device, dtype=r.dtype) for n, r in zip(parts, real))
 
 
+def _penalty_module(critic: Any) -> Any:
+    """The module to run for the penalty pass.
+
+    ``torch.compile`` goes through AOTAutograd, which does not support double backward
+    ("torch.compile with aot_autograd does not currently support double backward"): the
+    penalty pass runs the original module (``_orig_mod``), which shares the parameters.
+    """
+    orig = getattr(critic, "_orig_mod", None)
+    if isinstance(orig, torch.nn.Module) and type(critic).__name__ == "OptimizedModule":
+        return orig
+    return critic
+
+
+def _has_rnn(critic: Any) -> bool:
+    return isinstance(critic, torch.nn.Module) and any(
+        isinstance(m, torch.nn.RNNBase) for m in critic.modules()
+    )
+
+
+def _is_ddp(critic: Any) -> bool:
+    return isinstance(critic, torch.nn.parallel.DistributedDataParallel)
+
+
+@contextlib.contextmanager
+def _double_backward_kernels(critic: Any, points: tuple[Tensor, ...]) -> Iterator[None]:
+    """Kernels with a double backward for the penalty's forward pass.
+
+    Flash / memory-efficient attention (CPU and CUDA) have no derivative of their backward,
+    so ``scaled_dot_product_attention`` runs its math kernel here; cuDNN RNNs have none
+    either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off for critics
+    that contain an RNN on CUDA. Both choices only affect this pass.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        if points[0].is_cuda and _has_rnn(critic):
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        yield
+
+
 def input_gradients(
-    where: str, critic: Callable[..., Any], points: tuple[Tensor, ...], create_graph: bool
-) -> tuple[Tensor, ...]:
-    """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked.
+    where: str,
+    critic: Callable[..., Any],
+    points: tuple[Tensor, ...],
+    create_graph: bool,
+    scaler: Any = None,
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked;
+    also returns the critic's output at the points.
 
     Only the points are differentiated (``inputs=points``), so no weight gradient is computed
-    here; the parameters are reached later, when the caller's loss runs backward.
+    here; the parameters are reached later, when the caller's loss runs backward. With a
+    ``GradScaler``, the summed output is scaled before the inner backward (so float16
+    gradients do not underflow) and the input gradient is unscaled out of place.
     """
     batch = points[0].shape[0]
-    leaves = tuple(p.requires_grad_(True) for p in points)
-    try:
-        out = critic(*leaves)
-    except (ValueError, TypeError, RuntimeError, IndexError) as exc:
-        raise v.critic_failed(where, [tuple(p.shape) for p in leaves], exc) from exc
-    if not isinstance(out, torch.Tensor):
-        raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
-    v.check_output_shape(where, tuple(out.shape), batch)
-    if not out.requires_grad:
-        raise v.independent_critic(where)
-    grads = torch.autograd.grad(
-        out.sum(), leaves, create_graph=create_graph, allow_unused=True
-    )
+    module = _penalty_module(critic)
+    with torch.enable_grad():  # the penalty needs a graph, even under no_grad logging code
+        leaves = tuple(p.requires_grad_(True) for p in points)
+        try:
+            with _double_backward_kernels(module, leaves):
+                out = module(*leaves)
+        except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise v.critic_failed(where, [tuple(p.shape) for p in leaves], exc) from exc
+        if not isinstance(out, torch.Tensor):
+            raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
+        v.check_output_shape(where, tuple(out.shape), batch)
+        if not out.requires_grad:
+            raise v.independent_critic(where)
+        return _gradient_of_scores(where, out, leaves, create_graph, scaler), out
+
+
+def _gradient_of_scores(
+    where: str, out: Tensor, leaves: tuple[Tensor, ...], create_graph: bool, scaler: Any
+) -> tuple[Tensor, ...]:
+    """∂(Σ out)/∂leaves, scaled and unscaled around the backward when a scaler is given."""
+    total = out.sum()
+    scaled = scaler is not None and scaler.is_enabled()
+    if scaled:
+        total = scaler.scale(total)
+    grads = torch.autograd.grad(total, leaves, create_graph=create_graph, allow_unused=True)
     if all(g is None for g in grads):
         raise v.independent_critic(where)
-    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves))
+    grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves))
+    if scaled:
+        inv = 1.0 / scaler.get_scale()  # out of place: unscale_() is for parameter grads
+        grads = tuple(g.to(torch.promote_types(g.dtype, torch.float32)) * inv for g in grads)
+    return grads
 
 
 def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:
@@ -119,9 +184,29 @@ def apply_shape(
     target: float,
     ratio: bool,
     reduction: str,
+    global_batch_size: int | None = None,
 ) -> Tensor:
     per_sample = _shape(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
-    return _math.reduce(per_sample, reduction, xp)
+    return _math.reduce(per_sample, reduction, xp, count=global_batch_size)
+
+
+def _finish(
+    where: str,
+    critic: Any,
+    grads: tuple[Tensor, ...],
+    out: Tensor,
+    shape: str | Shape,
+    **kw: Any,
+) -> Tensor:
+    """Norms → penalty shape → reduction, plus DistributedDataParallel's bookkeeping."""
+    value = apply_shape(where, norms_from_gradients(grads), shape, **kw)
+    if _is_ddp(critic):
+        # DDP waits for a gradient of every parameter used in the forward; the last layer's
+        # bias (and any parameter the input gradient does not reach) gets none from the
+        # penalty alone, which breaks the reduction (pytorch#47562). A zero-weighted term on
+        # the critic's output gives each of them an exact zero.
+        value = value + 0.0 * out.sum().to(value.dtype)
+    return value
 
 
 def evaluation_points(
@@ -174,6 +259,8 @@ def run(
     generator: torch.Generator | None = None,
     reduction: str | None = None,
     create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
     package: str = "gpreg_torch",
 ) -> Tensor:
     """Compute the penalty that ``spec`` describes (the body of every public function).
@@ -190,17 +277,15 @@ def run(
     t = spec.default_target if target is None else target
     t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
+    gbs = v.check_global_batch_size(where, red, global_batch_size)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
     pts = evaluation_points(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator
     )
-    grads = input_gradients(where, critic, pts, create_graph)
-    norms = norms_from_gradients(grads)
-    return apply_shape(
-        where, norms, spec.shape, weight=spec.weight_factor * w, target=t, ratio=bool(ratio),
-        reduction=red,
-    )
+    grads, out = input_gradients(where, critic, pts, create_graph, scaler)
+    return _finish(where, critic, grads, out, spec.shape, weight=spec.weight_factor * w,
+                   target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def generic(
@@ -213,6 +298,8 @@ def generic(
     ratio: bool,
     reduction: str,
     create_graph: bool,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
     package: str = "gpreg_torch",
 ) -> Tensor:
     """Body of ``gradient_penalty``: a penalty shape at points the caller chose."""
@@ -220,10 +307,13 @@ def generic(
     w = v.check_scalar(where, "weight", weight)
     t = v.check_target(where, target, bool(ratio))
     red = v.check_reduction(where, reduction)
+    gbs = v.check_global_batch_size(where, red, global_batch_size)
     shape_obj = _shape(where, shape)
-    norms = grad_norm(critic, points, create_graph=create_graph, where=where)
-    return apply_shape(where, norms, shape_obj, weight=w, target=t, ratio=bool(ratio),
-                       reduction=red)
+    pts = _parts(where, "points", points)
+    _check_devices(where, [("points", p) for p in pts])
+    grads, out = input_gradients(where, critic, pts, create_graph, scaler)
+    return _finish(where, critic, grads, out, shape_obj, weight=w, target=t, ratio=bool(ratio),
+                   reduction=red, global_batch_size=gbs)
 
 
 def grad_norm(
@@ -232,4 +322,48 @@ def grad_norm(
     """Per-sample norms at the given points (body of ``grad_norm``)."""
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
-    return norms_from_gradients(input_gradients(where, critic, pts, create_graph))
+    return norms_from_gradients(input_gradients(where, critic, pts, create_graph)[0])
+
+
+def from_scores(
+    spec: PenaltySpec | str,
+    scores: Tensor,
+    points: Any,
+    *,
+    weight: float | None = None,
+    target: float | None = None,
+    ratio: bool = False,
+    reduction: str | None = None,
+    create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
+) -> Tensor:
+    """A penalty evaluated at ``points`` from ``scores`` the caller already computed there."""
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    where = f"gpreg_torch.from_scores({spec.name!r})"
+    if spec.points not in ("real", "fake"):
+        raise ValueError(
+            f"{where}: forward reuse needs a penalty evaluated at the data itself (r1, r2 or a "
+            f"plugin at 'real'/'fake'); {spec.name} is evaluated at {spec.points}, points the "
+            f"adversarial loss never computed scores for."
+        )
+    parts = tuple(points) if isinstance(points, (tuple, list)) else (points,)
+    if not all(isinstance(p, torch.Tensor) and p.requires_grad for p in parts):
+        raise ValueError(
+            f"{where}: the points must be the tensors the scores were computed from, with "
+            f"requires_grad=True set before the critic call: real = real.detach()."
+            f"requires_grad_(); scores = critic(real); penalty = from_scores('r1', scores, real)."
+        )
+    if not isinstance(scores, torch.Tensor):
+        raise v.bad_output_type(where, type(scores).__name__, "torch.Tensor")
+    v.check_output_shape(where, tuple(scores.shape), parts[0].shape[0])
+    w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
+    t = spec.default_target if target is None else target
+    t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
+    red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
+    gbs = v.check_global_batch_size(where, red, global_batch_size)
+    grads = _gradient_of_scores(where, scores, parts, create_graph, scaler)
+    return apply_shape(where, norms_from_gradients(grads), spec.shape,
+                       weight=spec.weight_factor * w, target=t, ratio=bool(ratio),
+                       reduction=red, global_batch_size=gbs)
