@@ -168,13 +168,14 @@ def input_gradients(
 
 def loss_scale(where: str, scaler: Any) -> Any:
     """The current loss scale of a ``keras.optimizers.LossScaleOptimizer``."""
-    scale = getattr(scaler, "dynamic_scale", None)
-    if scale is None:
+    if not hasattr(scaler, "scale_loss") or not hasattr(scaler, "initial_scale"):
         raise TypeError(
             f"{where}: scaler must be a keras.optimizers.LossScaleOptimizer (the optimizer "
             f"that mixed_float16 training uses); got {type(scaler).__name__}."
         )
-    return ops.convert_to_tensor(scale)
+    # the optimizer's own rule: its variable once built, the initial scale before
+    scale = scaler.dynamic_scale if scaler.built else scaler.initial_scale
+    return ops.convert_to_tensor(scale, dtype="float32")
 
 
 class _TorchScalerView:
