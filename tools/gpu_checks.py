@@ -212,11 +212,13 @@ def timing(dev, res, batch, pairs=30):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_checks.json")
+    parser.add_argument("--only", choices=["all", "timing"], default="all")
     args = parser.parse_args()
     dev = torch.device("cuda")
     report = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__}
-    for name, fn in (("amp", amp_checks), ("rnn", rnn_checks), ("attention", attention_checks),
-                     ("compile", compile_checks)):
+    checks = () if args.only == "timing" else (("amp", amp_checks), ("rnn", rnn_checks), ("attention", attention_checks),
+                     ("compile", compile_checks))
+    for name, fn in checks:
         try:
             report[name] = fn(dev)
         except Exception as exc:  # report and go on: one failure must not hide the rest
