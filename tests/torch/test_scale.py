@@ -251,3 +251,29 @@ def test_fused_cpu_attention_has_no_double_backward():
     value = gp.r1(lambda x: nn.functional.scaled_dot_product_attention(x, x, x).sum((1, 2, 3)),
                   q.detach())
     assert math.isfinite(value.item())
+
+
+def test_default_grad_scaler_backs_off_until_the_penalty_is_finite():
+    """GradScaler starts at 2**16, which overflows float16 in the penalty's inner backward of
+    a conv critic: the step is skipped and the scale lowered, as for any overflowing loss,
+    until the penalty is finite (here within a few steps)."""
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
+                           nn.Linear(16 * 8 * 8, 1))
+    opt = torch.optim.SGD(critic.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cpu")
+    real, fake = torch.randn(16, 3, 16, 16), torch.randn(16, 3, 16, 16)
+    finite_at = None
+    for step in range(12):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = critic(fake).mean() - critic(real).mean() + gp.wgan_gp(
+                critic, real, fake, alpha=torch.rand(16), scaler=scaler)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if math.isfinite(loss.item()):
+            finite_at = step
+            break
+    assert finite_at is not None and finite_at > 0  # the first steps overflowed
+    assert scaler.get_scale() < 2.0**16
