@@ -86,8 +86,7 @@ TEMPLATES["wgan_lp"] = r"""WGAN-LP: one-sided Lipschitz penalty at random interp
     <<common>>
 
     Args:
-        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph,
-            scaler, global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -113,8 +112,7 @@ TEMPLATES["zero_gp"] = r"""0-GP: zero-centred gradient penalty at random interpo
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph,
-            scaler, global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -143,8 +141,7 @@ TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over 
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler,
-            global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
         reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -157,8 +154,8 @@ TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over 
 <<example>>
 
     References:
-        Zhou, Liang, Song, Yu, Zhang, Zha. Lipschitz Generative Adversarial Nets. ICML 2019.
-        arXiv:1902.05687.
+        Zhou, Liang, Song, Yu, Wang, Zhang, Yu, Zhang. Lipschitz Generative Adversarial Nets.
+        ICML 2019. arXiv:1902.05687.
     """
 
 TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
@@ -174,8 +171,8 @@ TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors).
-        gamma: :math:`\gamma`, non-negative (default 10; StyleGAN presets range from 0.01 to
-            10 and grow with resolution squared).
+        gamma: :math:`\gamma`, non-negative (default 10, the paper's; StyleGAN2-ADA's
+            fixed presets use 0.5 to 10, and its automatic rule 0.0002·resolution²/batch).
         reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
@@ -238,8 +235,7 @@ TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed re
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
-        weight, target, ratio, reduction, create_graph, scaler, global_batch_size: as in
-            :func:`wgan_gp`.
+        weight, target, ratio, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
         c: perturbation scale relative to :math:`\sigma` (default 0.5).
         alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
             :math:`U[0, 1)`.
@@ -282,8 +278,7 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
         points: where to evaluate (a tensor or a tuple of tensors).
         shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
         weight: :math:`\lambda` (default 1).
-        target, ratio, reduction, create_graph, scaler, global_batch_size: as in
-            :func:`wgan_gp`.
+        target, ratio, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).

@@ -111,7 +111,7 @@ def check_floating(where: str, role: str, dtype: str, is_floating: bool) -> None
         raise TypeError(
             f"{where}: {role} has dtype {dtype}; gradient penalties need floating-point points "
             f"(the gradient with respect to integer or bool inputs is undefined). Convert "
-            f"first, e.g. x.float() or x.astype('float32')."
+            f"first: x.float() in PyTorch, keras.ops.cast(x, 'float32') in Keras."
         )
 
 
@@ -162,10 +162,15 @@ def check_noise_shapes(where: str, noise: Sequence[Shape], real: Sequence[Shape]
 
 def bad_output_type(where: str, type_name: str, expected: str) -> TypeError:
     return TypeError(
-        f"{where}: the critic returned a {type_name}; expected a {expected} computed from its "
+        f"{where}: the critic returned {_article(type_name)} {type_name}; expected a {expected} "
+        f"computed from its "
         f"input (scores of shape (B,) or (B, ...)). A Python float or a NumPy array has no "
         f"gradient: keep the critic's computation in the framework, without .item() or .numpy()."
     )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def check_output_shape(where: str, out_shape: Shape, batch: int) -> None:

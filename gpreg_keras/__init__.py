@@ -8,6 +8,7 @@ The backend is Keras's (``KERAS_BACKEND``). On JAX, pass a pure critic — see
 """
 
 from gpreg._lazy import LazyRegularization as LazyRegularization
+from gpreg._specs import _load_plugins
 from gpreg_keras._penalties import dragan as dragan
 from gpreg_keras._penalties import get_penalty as get_penalty
 from gpreg_keras._penalties import grad_norm as grad_norm
@@ -19,6 +20,11 @@ from gpreg_keras._penalties import wgan_gp as wgan_gp
 from gpreg_keras._penalties import wgan_lp as wgan_lp
 from gpreg_keras._penalties import zero_gp as zero_gp
 from gpreg_keras._stateless import stateless_critic as stateless_critic
+
+# Read the plugin entry points now, eagerly: a first lookup inside tf.function would make
+# AutoGraph try (and fail, noisily) to convert importlib.metadata's machinery.
+_load_plugins()
+del _load_plugins
 
 __all__ = [
     "LazyRegularization",

@@ -55,9 +55,10 @@ def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
                 v.check_floating(where, role, str(p.dtype), False)
             p = ops.convert_to_tensor(p)
         elif not ops.is_tensor(p):
+            kind = f"{type(p).__module__.split('.')[0]}.{type(p).__name__}"
             raise TypeError(
                 f"{where}: {role} must be a tensor of the Keras backend ({backend()}) or a "
-                f"tuple of them (one per critic input); got {type(p).__name__}. Convert with "
+                f"tuple of them (one per critic input); got {kind}. Convert with "
                 f"keras.ops.convert_to_tensor(x, dtype='float32')."
             )
         dt = _dtype(p)
@@ -110,7 +111,18 @@ def _seed_for(seed: Any, k: int) -> Any:
     )
 
 
+def _check_seed(where: str, seed: Any) -> None:
+    ok = (seed is None or isinstance(seed, (int, np.integer, keras.random.SeedGenerator))
+          or (backend() == "jax" and ops.is_tensor(seed)))
+    if isinstance(seed, bool) or not ok:
+        raise TypeError(
+            f"{where}: seed must be None, an int, a keras.random.SeedGenerator or (on JAX) a "
+            f"key; got {type(seed).__name__}."
+        )
+
+
 def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any) -> Any:
+    _check_seed(where, seed)
     if seed is None and _is_traced(like):
         raise ValueError(
             f"{where}: inside jax.jit (or any JAX transformation) the random draws need a seed: "

@@ -33,11 +33,24 @@ def stateless_critic(
         ``critic(*points) -> scores``.
 
     Example:
-        >>> import jax, keras, gpreg_keras as gp   # doctest: +SKIP
-        >>> critic = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-        >>> def loss(tv, real, fake):
-        ...     return gp.wgan_gp(gp.stateless_critic(critic, tv), real, fake, seed=0)
-        >>> grads = jax.grad(loss)(critic.trainable_variables, real, fake)
+        >>> import keras, numpy as np, gpreg_keras as gp
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> values = [v.value for v in model.trainable_variables]
+        >>> critic = gp.stateless_critic(model, values)
+        >>> x = np.ones((2, 4), "float32")
+        >>> same = np.allclose(keras.ops.convert_to_numpy(critic(x)),
+        ...                    keras.ops.convert_to_numpy(model(x)))
+        >>> bool(same)
+        True
+
+        On JAX, differentiate a loss with respect to ``values``; ``jax.grad`` then sees the
+        penalty's parameter gradient (``real`` and ``fake`` your batches)::
+
+            def d_loss(values, real, fake):
+                critic = gp.stateless_critic(model, values)
+                return gp.wgan_gp(critic, real, fake, seed=0)
+
+            grads = jax.grad(d_loss)(values, real, fake)
     """
     tv = [x.value for x in model.trainable_variables] if trainable_values is None else list(
         trainable_values

@@ -63,7 +63,10 @@ def _noise(
         )
     parts = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
     if not all(isinstance(n, torch.Tensor) for n in parts):
-        raise TypeError(f"{where}: noise must be None or tensor(s) shaped like real.")
+        got = ", ".join(type(n).__name__ for n in parts)
+        raise TypeError(
+            f"{where}: noise must be None or torch.Tensor(s) shaped like real; got {got}."
+        )
     v.check_noise_shapes(where, [tuple(n.shape) for n in parts], [tuple(r.shape) for r in real])
     return tuple(n.detach().to(device=r.device, dtype=r.dtype) for n, r in zip(parts, real))
 

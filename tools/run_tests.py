@@ -19,8 +19,12 @@ GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
     ("torch", {}, ["tests/torch", "--doctest-modules", "gpreg_torch", "gpreg"]),
 ] + [
     (f"keras-{b}", {"KERAS_BACKEND": b},
-     ["tests/keras", "--doctest-modules", "gpreg_keras/_penalties.py"])
+     ["tests/keras", "--doctest-modules", "gpreg_keras/_penalties.py",
+      "gpreg_keras/_stateless.py"])
     for b in ("tensorflow", "jax", "torch")
+] + [
+    # the Sphinx build (warnings are errors) and every code block of the docs pages
+    ("docs", {"GPREG_DOCS_STRICT": "1"}, ["tests/docs"]),
 ]
 
 
