@@ -18,6 +18,7 @@ from gpreg._specs import (
     register_penalty,
 )
 from gpreg._tolerances import TOLERANCES
+from gpreg._validation import BatchNormWarning
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "SHAPES",
     "TOLERANCES",
+    "BatchNormWarning",
     "LazyRegularization",
     "PenaltySpec",
     "Shape",

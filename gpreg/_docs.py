@@ -51,6 +51,8 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
             replicas: ``reduction="mean"`` then divides the local sum by it, so the summed
             gradient is that of the global mean. Leave ``None`` under PyTorch DDP, which
             averages.
+        check_finite: raise ``FloatingPointError`` naming the samples whose points, critic
+            output or input gradient are NaN or Inf (opt-in: it waits for the device).
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``), float32 or wider.
@@ -86,7 +88,7 @@ TEMPLATES["wgan_lp"] = r"""WGAN-LP: one-sided Lipschitz penalty at random interp
     <<common>>
 
     Args:
-        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -112,7 +114,7 @@ TEMPLATES["zero_gp"] = r"""0-GP: zero-centred gradient penalty at random interpo
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -141,7 +143,7 @@ TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over 
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
         reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -173,7 +175,7 @@ TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
         real: real batch (tensor or tuple of tensors).
         gamma: :math:`\gamma`, non-negative (default 10, the paper's; StyleGAN2-ADA's
             fixed presets use 0.5 to 10, and its automatic rule 0.0002·resolution²/batch).
-        reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -204,7 +206,7 @@ TEMPLATES["r2"] = r"""R2: zero-centred gradient penalty on generated data.
     Args:
         critic: as in :func:`wgan_gp`.
         fake: generated batch (tensor or tuple of tensors).
-        gamma, reduction, create_graph, scaler, global_batch_size: as in :func:`r1`.
+        gamma, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`r1`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -235,7 +237,7 @@ TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed re
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
-        weight, target, ratio, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        weight, target, ratio, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
         c: perturbation scale relative to :math:`\sigma` (default 0.5).
         alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
             :math:`U[0, 1)`.
@@ -278,7 +280,7 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
         points: where to evaluate (a tensor or a tuple of tensors).
         shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
         weight: :math:`\lambda` (default 1).
-        target, ratio, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        target, ratio, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).

@@ -12,6 +12,25 @@ from collections.abc import Sequence
 
 REDUCTIONS = ("mean", "sum", "max", "none")
 
+
+class BatchNormWarning(UserWarning):
+    """A critic with batch normalization in training mode: its samples are coupled.
+
+    Silence it with ``warnings.filterwarnings("ignore", category=gpreg.BatchNormWarning)``.
+    """
+
+
+def batchnorm_message(where: str, layers: Sequence[str]) -> str:
+    names = ", ".join(layers[:4]) + (" ..." if len(layers) > 4 else "")
+    return (
+        f"{where}: the critic has batch normalization in training mode ({names}). Batch "
+        f"statistics couple the samples, so sample i's gradient also depends on the other "
+        f"samples and the per-sample norms are not those of the penalty's definition (WGAN-GP "
+        f"recommends no BatchNorm in the critic). Use LayerNorm or GroupNorm, or evaluate in "
+        f"inference mode. To silence: warnings.filterwarnings('ignore', "
+        f"category=gpreg.BatchNormWarning). (Shown once per critic.)"
+    )
+
 Shape = tuple[int, ...]
 
 

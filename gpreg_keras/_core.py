@@ -7,6 +7,7 @@ here by ``keras.random`` so that ``seed=`` means the same on every backend.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ def _positional(critic: Any) -> Any:
         def call(*parts: Any) -> Any:
             return model(parts[0] if len(parts) == 1 else list(parts))
 
+        call._gpreg_model = model  # type: ignore[attr-defined]
         return call
     return critic
 
@@ -161,6 +163,34 @@ def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any) -> tu
     return tuple(ops.stop_gradient(ops.cast(n, _dtype(r))) for n, r in zip(items, real))
 
 
+_warned: set[int] = set()
+
+
+def _warn_batchnorm(where: str, critic: Any) -> None:
+    """Warn once per Keras critic that holds BatchNormalization layers."""
+    model = getattr(critic, "_gpreg_model", critic)
+    if not isinstance(model, keras.Layer) or id(model) in _warned:
+        return
+    names = [lay.name for lay in model._flatten_layers(include_self=False)
+             if isinstance(lay, keras.layers.BatchNormalization)]
+    if names:
+        _warned.add(id(model))
+        warnings.warn(v.batchnorm_message(where, names) + " (Keras: applies when the critic "
+                      "runs with training=True.)", v.BatchNormWarning, stacklevel=5)
+
+
+def _finite(where: str, what: str, x: Any) -> None:
+    try:
+        arr = ops.convert_to_numpy(x)
+    except Exception as exc:  # symbolic tensors while tracing
+        raise ValueError(
+            f"{where}: check_finite=True needs concrete values (eager execution); inside "
+            f"tf.function or jax.jit use tf.debugging.check_numerics / jax.debug instead."
+        ) from exc
+    arr = np.asarray(arr, dtype=np.float64).reshape(arr.shape[0], -1)
+    v.check_finite(where, what, np.flatnonzero(~np.isfinite(arr).all(axis=1)).tolist())
+
+
 def input_gradients(
     where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool,
     scaler: Any = None,
@@ -271,12 +301,14 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         fake: Any = None, weight: float | None = None, target: float | None = None,
         ratio: bool = False, c: float = 0.5, alpha: Any = None, noise: Any = None,
         seed: Any = None, reduction: str | None = None, create_graph: bool = True,
-        scaler: Any = None, global_batch_size: int | None = None) -> Any:
+        scaler: Any = None, global_batch_size: int | None = None,
+        check_finite: bool = False) -> Any:
     """Compute the penalty that ``spec`` describes on the active Keras backend."""
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_keras.{spec.name}"
     critic = _positional(critic)
+    _warn_batchnorm(where, critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
@@ -285,7 +317,7 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
                               ratio=ratio, c=c, alpha=alpha, noise=noise, reduction=reduction,
                               create_graph=create_graph, package="gpreg_keras",
                               scaler=None if scaler is None else _TorchScalerView(where, scaler),
-                              global_batch_size=global_batch_size)
+                              global_batch_size=global_batch_size, check_finite=check_finite)
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
@@ -297,23 +329,32 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         c = v.check_scalar(where, "c", c)
     pts = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
                             seed=seed)
+    if check_finite:
+        for p in pts:
+            _finite(where, "an evaluation point (from real/fake)", p)
     grads = input_gradients(where, critic, pts, create_graph, scaler)
     norms = norms_from_gradients(grads)
+    if check_finite:
+        _finite(where, "the critic's output", critic(*pts))
+        _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
     return apply_shape(where, norms, spec.shape, weight=spec.weight_factor * w, target=t,
                        ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
             weight: float, target: float, ratio: bool, reduction: str,
-            create_graph: bool, scaler: Any = None, global_batch_size: int | None = None) -> Any:
+            create_graph: bool, scaler: Any = None, global_batch_size: int | None = None,
+            check_finite: bool = False) -> Any:
     """Body of ``gradient_penalty``: a shape at user-chosen points."""
     critic = _positional(critic)
+    _warn_batchnorm(where, critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
         return torch_core.generic(critic, points, shape=shape, weight=weight, target=target,
                                   ratio=ratio, reduction=reduction, create_graph=create_graph,
                                   package="gpreg_keras", global_batch_size=global_batch_size,
+                                  check_finite=check_finite,
                                   scaler=None if scaler is None else _TorchScalerView(where,
                                                                                       scaler))
     w = v.check_scalar(where, "weight", weight)
@@ -321,9 +362,15 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
     red = v.check_reduction(where, reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     shp = shape_of(where, shape)
-    grads = input_gradients(where, critic, parts(where, "points", points), create_graph, scaler)
-    return apply_shape(where, norms_from_gradients(grads), shp, weight=w, target=t,
-                       ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    pts = parts(where, "points", points)
+    if check_finite:
+        for p in pts:
+            _finite(where, "an evaluation point", p)
+    norms = norms_from_gradients(input_gradients(where, critic, pts, create_graph, scaler))
+    if check_finite:
+        _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
+    return apply_shape(where, norms, shp, weight=w, target=t, ratio=bool(ratio), reduction=red,
+                       global_batch_size=gbs)
 
 
 def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool) -> Any:

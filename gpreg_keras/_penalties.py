@@ -97,11 +97,13 @@ def wgan_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -120,11 +122,13 @@ def wgan_lp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -141,11 +145,13 @@ def zero_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         seed=seed, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -162,11 +168,13 @@ def max_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         seed=seed, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -180,10 +188,12 @@ def r1(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -197,10 +207,12 @@ def r2(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -220,12 +232,14 @@ def dragan(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
         alpha=alpha, noise=noise, seed=seed, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -242,11 +256,13 @@ def gradient_penalty(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.generic(
         "gpreg_keras.gradient_penalty", critic, points, shape=shape, weight=weight,
         target=target, ratio=ratio, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 

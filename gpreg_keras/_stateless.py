@@ -66,4 +66,5 @@ def stateless_critic(
         out, _ = model.stateless_call(tv, ntv, x, training=training)
         return out
 
+    critic._gpreg_model = model  # type: ignore[attr-defined]  # for gpreg's layer checks
     return critic

@@ -6,6 +6,8 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 from __future__ import annotations
 
 import contextlib
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,6 +92,25 @@ def _has_rnn(critic: Any) -> bool:
     )
 
 
+_warned: weakref.WeakSet = weakref.WeakSet()
+
+
+def _warn_batchnorm(where: str, critic: Any) -> None:
+    """Warn once per critic about batch normalization in training mode."""
+    if not isinstance(critic, torch.nn.Module) or critic in _warned:
+        return
+    names = [n or type(m).__name__ for n, m in critic.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if names:
+        _warned.add(critic)
+        warnings.warn(v.batchnorm_message(where, names), v.BatchNormWarning, stacklevel=4)
+
+
+def _finite(where: str, what: str, x: Tensor) -> None:
+    bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1)
+    v.check_finite(where, what, bad.nonzero().flatten().tolist())
+
+
 def _is_ddp(critic: Any) -> bool:
     return isinstance(critic, torch.nn.parallel.DistributedDataParallel)
 
@@ -129,6 +150,7 @@ def input_gradients(
     """
     batch = points[0].shape[0]
     module = _penalty_module(critic)
+    _warn_batchnorm(where, module)
     with torch.enable_grad():  # the penalty needs a graph, even under no_grad logging code
         leaves = tuple(p.requires_grad_(True) for p in points)
         try:
@@ -212,10 +234,19 @@ def _finish(
     grads: tuple[Tensor, ...],
     out: Tensor,
     shape: str | Shape,
+    check_finite: bool = False,
+    points: tuple[Tensor, ...] = (),
     **kw: Any,
 ) -> Tensor:
-    """Norms → penalty shape → reduction, plus DistributedDataParallel's bookkeeping."""
-    value = apply_shape(where, norms_from_gradients(grads), shape, **kw)
+    """Norms → penalty shape → reduction, plus DistributedDataParallel's bookkeeping and the
+    opt-in finite checks (each syncs with the device, hence opt-in)."""
+    norms = norms_from_gradients(grads)
+    if check_finite:
+        for p in points:
+            _finite(where, "an evaluation point (from real/fake)", p)
+        _finite(where, "the critic's output", out)
+        _finite(where, "the input gradient", norms.reshape(-1, 1))
+    value = apply_shape(where, norms, shape, **kw)
     if _is_ddp(critic):
         # DDP waits for a gradient of every parameter used in the forward; the last layer's
         # bias (and any parameter the input gradient does not reach) gets none from the
@@ -277,6 +308,7 @@ def run(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
     package: str = "gpreg_torch",
 ) -> Tensor:
     """Compute the penalty that ``spec`` describes (the body of every public function).
@@ -300,8 +332,9 @@ def run(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator
     )
     grads, out = input_gradients(where, critic, pts, create_graph, scaler)
-    return _finish(where, critic, grads, out, spec.shape, weight=spec.weight_factor * w,
-                   target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    return _finish(where, critic, grads, out, spec.shape, check_finite, pts,
+                   weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
+                   global_batch_size=gbs)
 
 
 def generic(
@@ -316,6 +349,7 @@ def generic(
     create_graph: bool,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
     package: str = "gpreg_torch",
 ) -> Tensor:
     """Body of ``gradient_penalty``: a penalty shape at points the caller chose."""
@@ -328,8 +362,8 @@ def generic(
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
     grads, out = input_gradients(where, critic, pts, create_graph, scaler)
-    return _finish(where, critic, grads, out, shape_obj, weight=w, target=t, ratio=bool(ratio),
-                   reduction=red, global_batch_size=gbs)
+    return _finish(where, critic, grads, out, shape_obj, check_finite, pts, weight=w, target=t,
+                   ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def grad_norm(
@@ -353,6 +387,7 @@ def from_scores(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     """A penalty evaluated at ``points`` from ``scores`` the caller already computed there."""
     if isinstance(spec, str):
@@ -380,6 +415,6 @@ def from_scores(
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     grads = _gradient_of_scores(where, scores, parts, create_graph, scaler)
-    return apply_shape(where, norms_from_gradients(grads), spec.shape,
-                       weight=spec.weight_factor * w, target=t, ratio=bool(ratio),
-                       reduction=red, global_batch_size=gbs)
+    return _finish(where, None, grads, scores, spec.shape, check_finite, parts,
+                   weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
+                   global_batch_size=gbs)

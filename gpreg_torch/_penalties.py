@@ -89,11 +89,13 @@ def wgan_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, generator=generator, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -112,11 +114,13 @@ def wgan_lp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, generator=generator, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -133,11 +137,13 @@ def zero_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         generator=generator, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -154,11 +160,13 @@ def max_gp(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         generator=generator, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -172,10 +180,12 @@ def r1(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -189,10 +199,12 @@ def r2(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -212,12 +224,14 @@ def dragan(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
         alpha=alpha, noise=noise, generator=generator, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -234,11 +248,13 @@ def gradient_penalty(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     return _core.generic(
         critic, points, shape=shape, weight=weight, target=target, ratio=ratio,
         reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
     )
 
 
@@ -260,6 +276,7 @@ def from_scores(
     create_graph: bool = True,
     scaler: Any = None,
     global_batch_size: int | None = None,
+    check_finite: bool = False,
 ) -> Tensor:
     r"""Forward reuse: R1 or R2 from the scores your adversarial loss already computed.
 
@@ -307,7 +324,7 @@ def from_scores(
     return _core.from_scores(
         penalty, scores, points, weight=weight, target=target, ratio=ratio,
         reduction=reduction, create_graph=create_graph, scaler=scaler,
-        global_batch_size=global_batch_size,
+        global_batch_size=global_batch_size, check_finite=check_finite,
     )
 
 

@@ -154,3 +154,27 @@ def test_zero_input_gradient_is_finite(name):
     assert np.isfinite(float(ops.convert_to_numpy(value)))
     for g in grads:
         assert np.all(np.isfinite(ops.convert_to_numpy(g)))
+
+
+def test_check_finite_names_the_penalty_and_the_samples():
+    bad = REAL.copy()
+    bad[1, 0] = np.nan
+
+    def critic(x):  # nonlinear, so the NaN reaches the input gradient
+        return ops.sum(x * x, axis=1)
+
+    with pytest.raises(FloatingPointError, match=r"gpreg_keras.wgan_gp: an evaluation point .* "
+                                                 r"sample\(s\) 1\."):
+        gp.wgan_gp(critic, t(bad), t(FAKE), seed=0, check_finite=True)
+    value = gp.wgan_gp(critic, t(bad), t(FAKE), seed=0)
+    assert np.isnan(float(ops.convert_to_numpy(value)))  # off by default: NaN stays visible
+
+
+def test_batchnorm_layer_warns_once():
+    from gpreg import BatchNormWarning
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+    critic = gp.stateless_critic(model, training=True) if BACKEND == "jax" else model
+    with pytest.warns(BatchNormWarning, match=r"\(bn\).*training=True"):
+        gp.r1(critic, t(REAL))

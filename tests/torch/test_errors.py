@@ -113,3 +113,42 @@ def test_unknown_shape_in_generic_entry():
 def test_messages_name_the_function():
     with pytest.raises(ValueError, match=r"^gpreg_torch\.dragan: "):
         gp.dragan(critic, real, weight=-1.0)
+
+
+def test_check_finite_names_the_penalty_and_the_samples():
+    bad = real.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"gpreg_torch.wgan_gp: an evaluation point .* "
+                                                 r"sample\(s\) 2\."):
+        gp.wgan_gp(critic, bad, fake, check_finite=True)
+    with pytest.raises(FloatingPointError, match=r"critic's output .* sample\(s\) 0, 3"):
+        gp.r1(lambda x: critic(x) * torch.tensor([[float("inf")], [1], [1], [float("nan")]]),
+              real, check_finite=True)
+    assert torch.isnan(gp.wgan_gp(critic, bad, fake))  # off by default: NaN stays visible
+
+
+def test_batchnorm_in_training_mode_warns_once_per_critic():
+    import warnings
+
+    from gpreg import BatchNormWarning
+
+    bn_critic = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    with pytest.warns(BatchNormWarning, match=r"batch normalization in training mode \(1\).*"
+                                              r"LayerNorm or GroupNorm"):
+        gp.r1(bn_critic, real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gp.r1(bn_critic, real)  # once per critic
+        gp.r1(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).eval(), real)
+
+
+def test_batchnorm_couples_samples():
+    """Why the warning exists: in training mode sample 0's score depends on sample 1."""
+    torch.manual_seed(0)
+    bn_critic = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    x = torch.randn(4, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(bn_critic(x)[0, 0], x)
+    assert g[1:].abs().sum() > 1e-6
+    bn_critic.eval()
+    (g,) = torch.autograd.grad(bn_critic(x)[0, 0], x)
+    assert g[1:].abs().sum() == 0
