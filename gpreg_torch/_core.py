@@ -11,12 +11,12 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import array_api_compat.torch as xp
 import torch
 
 from gpreg import _math, _points
 from gpreg import _validation as v
 from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+from gpreg_torch import _ops as xp
 
 Tensor = torch.Tensor
 Points = Tensor | Sequence[Tensor]
@@ -115,22 +115,32 @@ def _is_ddp(critic: Any) -> bool:
     return isinstance(critic, torch.nn.parallel.DistributedDataParallel)
 
 
+_FUSED_SDPA = ("flash", "mem_efficient", "cudnn")
+
+
 @contextlib.contextmanager
 def _double_backward_kernels(critic: Any, points: tuple[Tensor, ...]) -> Iterator[None]:
     """Kernels with a double backward for the penalty's forward pass.
 
-    Flash / memory-efficient attention (CPU and CUDA) have no derivative of their backward,
-    so ``scaled_dot_product_attention`` runs its math kernel here; cuDNN RNNs have none
-    either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off for critics
-    that contain an RNN on CUDA. Both choices only affect this pass.
+    Flash / memory-efficient / cuDNN attention (CPU and CUDA) have no derivative of their
+    backward, so ``scaled_dot_product_attention`` runs its math kernel here (the global SDPA
+    switches, set and restored directly: ``sdpa_kernel`` costs more per call); cuDNN RNNs
+    have none either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off
+    for critics that contain an RNN on CUDA. Both choices only affect this pass.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    sdp = torch.backends.cuda
+    saved = [getattr(sdp, f"{k}_sdp_enabled")() for k in _FUSED_SDPA]
+    for k in _FUSED_SDPA:
+        getattr(sdp, f"enable_{k}_sdp")(False)
+    try:
         if points[0].is_cuda and _has_rnn(critic):
-            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-        yield
+            with torch.backends.cudnn.flags(enabled=False):
+                yield
+        else:
+            yield
+    finally:
+        for k, on in zip(_FUSED_SDPA, saved):
+            getattr(sdp, f"enable_{k}_sdp")(on)
 
 
 def input_gradients(
