@@ -1,8 +1,9 @@
 """Penalty-of-norm formulas, the exact NaN-safe norm and the reductions, written once.
 
-Every function takes ``xp``, an array namespace: ``numpy`` itself, ``array_api_compat``'s
-torch namespace, or gpreg_keras's small ``keras.ops`` shim. Only these members are used:
-``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``reshape``, ``zeros_like``, ``ones_like``.
+Every function takes ``xp``, an array namespace: ``numpy`` itself, gpreg_torch's ``_ops``
+(torch functions under array-API names) or gpreg_keras's ``_ops`` (``keras.ops``). Only
+these members are used: ``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``reshape``,
+``zeros_like``, ``ones_like`` (and ``std`` in ``gpreg._points``).
 """
 
 from __future__ import annotations
