@@ -381,3 +381,13 @@ def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph:
         return torch_core.grad_norm(critic, points, create_graph=create_graph, where=where)
     grads = input_gradients(where, critic, parts(where, "points", points), create_graph)
     return norms_from_gradients(grads)
+
+
+if backend() == "tensorflow":
+    # gpreg's control flow is static Python: tell AutoGraph not to convert it. Converting
+    # the ~40 functions behind a penalty made the first tf.function trace take 4–11 s.
+    import tensorflow as _tf
+
+    run = _tf.autograph.experimental.do_not_convert(run)
+    generic = _tf.autograph.experimental.do_not_convert(generic)
+    grad_norm = _tf.autograph.experimental.do_not_convert(grad_norm)
