@@ -25,6 +25,8 @@ GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
 ] + [
     # the Sphinx build (warnings are errors) and every code block of the docs pages
     ("docs", {"GPREG_DOCS_STRICT": "1"}, ["tests/docs"]),
+    # the benchmark harness in --quick mode (correctness of the harness, not speed)
+    ("bench", {}, ["tests/bench"]),
 ]
 
 
