@@ -5,6 +5,7 @@ This core package imports NumPy only. The framework functions live in ``gpreg_to
 registry, the formulas, the evaluation points, the input checks and the numerical fixtures.
 """
 
+from gpreg._check import CheckReport
 from gpreg._lazy import LazyRegularization
 from gpreg._specs import (
     BUILTIN_NAMES,
@@ -28,6 +29,7 @@ __all__ = [
     "SHAPES",
     "TOLERANCES",
     "BatchNormWarning",
+    "CheckReport",
     "LazyRegularization",
     "PenaltySpec",
     "Shape",

@@ -189,27 +189,39 @@ class CheckReport:
     def failures(self) -> list[str]:
         """One line per problem found (empty when ``ok``)."""
         out = []
+        by_error: dict[str, list[str]] = {}
         for p in self.penalties:
             if p.status == "error":
-                out.append(f"{p.penalty}: the parameter gradient could not be computed: "
-                           f"{p.error}")
-                continue
-            if not math.isfinite(p.value):
-                out.append(f"{p.penalty}: the penalty value is {p.value} at the check points")
-            bad = [g for g in p.groups if g.status == "mismatch"]
-            if bad:
-                worst = sorted(bad, key=lambda g: -g.rel_error)
-                listed = ", ".join(f"{g.group} ({g.rel_error:.1e})" for g in worst)
-                out.append(f"{p.penalty}: parameter gradient disagrees with finite differences "
-                           f"(relative error above {self.rtol:.0e}) in {listed}")
-            nf = [g.group for g in p.groups if g.status == "nonfinite"]
-            if nf:
-                out.append(f"{p.penalty}: non-finite parameter gradient in {', '.join(nf)}")
-            inc = [g.group for g in p.groups if g.status == "inconclusive"]
-            if inc:
-                out.append(f"{p.penalty}: no finite-difference step was smooth enough in "
-                           f"{', '.join(inc)} (a step crossed a ReLU kink or the top of a max "
-                           f"at every try); rerun with another seed or a smaller eps")
+                by_error.setdefault(p.error, []).append(p.penalty)
+        out.extend(f"{', '.join(names)}: the parameter gradient could not be computed: {err}"
+                   for err, names in by_error.items())
+        out.extend(f"{p.penalty}: the penalty value is {p.value} at the check points"
+                   for p in self.penalties if p.status != "error" and not math.isfinite(p.value))
+        for status, what in (("mismatch", "disagrees with finite differences"),
+                             ("nonfinite", "is not finite"),
+                             ("inconclusive", "stayed inconclusive")):
+            for name in self.groups:
+                hits = [(p.penalty, g) for p in self.penalties for g in p.groups
+                        if g.group == name and g.status == status]
+                if not hits:
+                    continue
+                pens = ", ".join(pen for pen, _ in hits)
+                if status == "mismatch":
+                    pen, worst = max(hits, key=lambda h: h[1].rel_error)
+                    out.append(f"{name}: the penalty gradient {what} (relative error up to "
+                               f"{worst.rel_error:.1e}, in {pen}; rtol {self.rtol:.0e}) for "
+                               f"{pens}")
+                elif status == "nonfinite":
+                    out.append(f"{name}: the penalty gradient {what} for {pens}")
+                else:
+                    out.append(f"{name}: the finite differences {what} for {pens}: every step "
+                               f"crossed a kink (ReLU, max); rerun with another seed or a "
+                               f"smaller eps")
+        if any(g.status == "mismatch" for p in self.penalties for g in p.groups):
+            out.append("a gradient that is wrong for some parameters and right for the ones "
+                       "after them points at a layer that is right to first order only (a "
+                       "stop_gradient in its statistics, a custom gradient, a fused kernel) "
+                       "between them: see the double-backprop pitfalls in gpreg's docs")
         if self.coupling is not None and self.coupling.coupled:
             i, j = self.coupling.pair
             out.append(

@@ -12,6 +12,7 @@ chosen parameter values:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,7 +116,11 @@ def _name(var: Any) -> str:
 
 
 def _model_dtype(model: Any) -> str:
+    """The one dtype the model stores and computes in, or ``"mixed"``."""
     dts = {keras.backend.standardize_dtype(w.dtype) for w in model.trainable_variables}
+    compute = getattr(model, "compute_dtype", None)
+    if compute is not None:
+        dts.add(keras.backend.standardize_dtype(compute))
     return dts.pop() if len(dts) == 1 else "mixed"
 
 
@@ -191,8 +196,7 @@ class _StatelessTarget:
         self.specs, self.data, self.dtype = specs, data, dtype
         self.tv = [_tensor(_np(t), dtype) for t in tv]
         self.groups = [(name, _np(t)) for name, t in zip(names, self.tv)]
-        self.unchecked: list[str] = []
-        self._all = self._compile()
+        self._all: Callable[[list[Any]], list[Any]] | None = self._compile()
 
     def _compile(self) -> Callable[[list[Any]], list[Any]]:
         def all_values(values: list[Any]) -> list[Any]:
@@ -213,10 +217,12 @@ class _StatelessTarget:
         tv = list(self.tv)
         if k is not None:
             tv[k] = _tensor(theta, self.dtype)
-        try:
-            return np.asarray([_float(x) for x in self._all(tv)], dtype=np.float64)
-        except Exception:
-            return np.asarray([self._one(s, tv) for s in self.specs], dtype=np.float64)
+        if self._all is not None:
+            try:
+                return np.asarray([_float(x) for x in self._all(tv)], dtype=np.float64)
+            except Exception:
+                self._all = None  # not traceable: evaluate eagerly, penalty by penalty
+        return np.asarray([self._one(s, tv) for s in self.specs], dtype=np.float64)
 
     def _one(self, spec: PenaltySpec, tv: list[Any]) -> float:
         try:
@@ -309,7 +315,6 @@ class _StatefulTarget:
         self.vars = [var for _, var in variables]
         self.snapshot = [(var, _np(var)) for var in state]
         self.groups = [(name, _np(var)) for name, var in variables]
-        self.unchecked: list[str] = []
         self._all: Callable[[], list[Any]] | None = None
         if _backend() == "tensorflow":  # variables are read when the function runs
             import tensorflow as tf
@@ -358,6 +363,8 @@ class _StatefulTarget:
         return np.asarray(base, dtype=np.float64), grads
 
     def _grad(self, spec: PenaltySpec) -> tuple[float, list[np.ndarray]]:
+        if not self.vars:
+            return _float(self.data.penalty(spec, self.critic, False)), []
         if _backend() == "tensorflow":
             import tensorflow as tf
 
@@ -375,14 +382,6 @@ class _StatefulTarget:
         self._restore()
         a = _np(out).astype(np.float64)
         return a.reshape(a.shape[0], -1).sum(axis=1)
-
-
-def _call_model(model: Any, training: bool | None) -> Callable[..., Any]:
-    def call(*parts: Any) -> Any:
-        x = parts[0] if len(parts) == 1 else list(parts)
-        return model(x) if training is None else model(x, training=training)
-
-    return call
 
 
 def _hidden(critic: Callable[..., Any], parts: tuple[np.ndarray, ...], dtype: str,
@@ -432,6 +431,7 @@ class _Plan:
         self.fn: Any = None
         self.variables: list[tuple[str, Any]] = []
         self.state: list[Any] = []
+        self.hidden: list[str] = []
         sample = [_tensor(a, dtype) for a in real]
         self.sample = sample[0] if len(sample) == 1 else sample
         stateless = _stateless_parts(critic)
@@ -455,8 +455,11 @@ class _Plan:
             self.model = model
         elif _backend() == "jax":
             self.fn = critic
-            self.notes.append("on JAX a plain function's parameters cannot be reached: pass the "
-                              "Keras model, or gp.stateless_critic(model, ...), to check them")
+            self.hidden = _models_in(critic)
+            if self.hidden:
+                self.notes.append("on JAX a plain function's parameters cannot be reached: pass "
+                                  "the Keras model, or gp.stateless_critic(model, ...), to "
+                                  "check them")
         else:
             self.fn, self.variables, self.state, failed = _copy_function(
                 critic, dtype, training, self.sample)
@@ -535,7 +538,8 @@ def check_critic(
             report.
 
     Returns:
-        gpreg.CheckReport: ``ok``, ``errors`` (``{penalty: {group: relative error}}``),
+        CheckReport: (defined in ``gpreg._check``) ``ok``, ``errors`` (``{penalty:
+        {group: relative error}}``),
         ``coupling``, ``nonfinite``, ``failures()`` and ``summary()`` (also ``str(report)``).
 
     Raises:
@@ -553,6 +557,16 @@ def check_critic(
         >>> report.ok
         True
     """
+    with warnings.catch_warnings():
+        # gpreg's own BatchNormWarning would repeat at every internal evaluation; the report
+        # says the same (sample coupling) once.
+        warnings.simplefilter("ignore", getattr(v, "BatchNormWarning", UserWarning))
+        return _check(critic, real, fake, penalties=penalties, directions=directions, eps=eps,
+                      rtol=rtol, dtype=dtype, training=training, seed=seed)
+
+
+def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any, eps: Any,
+           rtol: Any, dtype: Any, training: Any, seed: Any) -> CheckReport:
     if not callable(critic):
         raise TypeError(f"{WHERE}: critic must be callable (a Keras model or a function); got "
                         f"{type(critic).__name__}.")
@@ -607,6 +621,7 @@ def check_critic(
                                   plan.names)
     else:
         target = _StatefulTarget(plan.fn, plan.variables, plan.state, specs, data, dtype)
+        unchecked = list(plan.hidden)
         if backend != "jax":
             known = _variable_ids([var for _, var in plan.variables] + plan.state)
             unchecked = _hidden(plan.fn, real_np, dtype, known)
@@ -687,6 +702,20 @@ def _copy_function(critic: Callable[..., Any], dtype: str, training: bool | None
             variables.append((path, var))
         state.append(var)
     return fn, variables, state, failed + notes
+
+
+def _models_in(critic: Callable[..., Any]) -> list[str]:
+    """The Keras models a plain function refers to (found, not copied)."""
+    seen: list[str] = []
+
+    def note(obj: Any, path: str) -> None:
+        if isinstance(obj, keras.Layer) and obj.trainable_variables:
+            seen.append(f"{path or type(obj).__name__} ({len(obj.trainable_variables)} "
+                        f"variables)")
+        return None
+
+    core.Rebinder(note)(critic)
+    return seen
 
 
 def _keras2_norms(model: Any) -> bool:

@@ -63,7 +63,8 @@ def stateless_critic(
 
     def critic(*points: Any) -> Any:
         x = points[0] if len(points) == 1 else list(points)
-        out, _ = model.stateless_call(tv, ntv, x, training=training)
+        kwargs = {"training": training} if getattr(model, "_call_has_training_arg", True) else {}
+        out, _ = model.stateless_call(tv, ntv, x, **kwargs)
         return out
 
     critic._gpreg_model = model  # type: ignore[attr-defined]  # for gpreg's layer checks

@@ -30,33 +30,56 @@ def _exact_moments(x: Any, axes: Any, keepdims: bool = False) -> tuple[Any, Any]
     return mean, var
 
 
-@contextlib.contextmanager
-def exact_moments() -> Iterator[None]:
-    """While active, Keras's TensorFlow backend computes normalization statistics exactly.
+def _exact_tf_moments(x: Any, axes: Any, shift: Any = None, keepdims: bool = False,
+                      name: Any = None) -> tuple[Any, Any]:
+    """``tf.nn.moments``'s signature over :func:`_exact_moments`."""
+    return _exact_moments(x, axes, keepdims)
 
-    Keras 3 (TensorFlow backend) gets the statistics of LayerNormalization,
-    GroupNormalization and BatchNormalization from ``tf.nn.moments``, whose variance treats
-    the mean as a constant. A penalty's parameter gradient is a second derivative, and that
-    shortcut makes it wrong for every parameter before the normalization. gpreg swaps in the
-    exact statistics while it evaluates the critic and restores Keras's own afterwards (also
-    on error). Under ``tf.function`` the swap acts while the function is traced.
-    """
-    global _depth
+
+def _patch_points() -> list[tuple[Any, str, Any]]:
+    """(module, attribute, exact replacement) for every moments function gpreg swaps."""
+    points: list[tuple[Any, str, Any]] = [(tf.nn, "moments", _exact_tf_moments)]
+    if getattr(tf.compat.v2.nn, "moments", None) is not None and tf.compat.v2.nn is not tf.nn:
+        points.append((tf.compat.v2.nn, "moments", _exact_tf_moments))  # tf-keras uses this
     try:
         from keras.src.backend.tensorflow import nn as knn
+
+        points.append((knn, "_compute_moments", _exact_moments))
     except ImportError:  # pragma: no cover - other Keras layouts
-        yield
-        return
+        pass
+    return points
+
+
+_saved: list[tuple[Any, str, Any]] = []
+
+
+@contextlib.contextmanager
+def exact_moments() -> Iterator[None]:
+    """While active, normalization statistics on TensorFlow are computed exactly.
+
+    Keras 3 (TensorFlow backend), tf-keras and plain TensorFlow code get the statistics of
+    LayerNormalization, GroupNormalization and BatchNormalization from ``tf.nn.moments``,
+    whose variance treats the mean as a constant. A penalty's parameter gradient is a second
+    derivative, and that shortcut makes it wrong for every parameter before the
+    normalization. gpreg swaps in exact statistics while it evaluates the critic and restores
+    TensorFlow's and Keras's own afterwards (also on error); wrap your own double-backprop
+    code in ``gpreg_keras.exact_moments()`` the same way. Under ``tf.function`` the swap acts
+    while the function is traced. On the JAX and torch backends it does nothing.
+    """
+    global _depth
     with _lock:
-        original = knn._compute_moments
+        if _depth == 0:
+            _saved[:] = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in _patch_points()]
+            for mod, attr, exact in _patch_points():
+                setattr(mod, attr, exact)
         _depth += 1
-        knn._compute_moments = _exact_moments
         try:
             yield
         finally:
             _depth -= 1
             if _depth == 0:
-                knn._compute_moments = original
+                for mod, attr, original in _saved:
+                    setattr(mod, attr, original)
 
 
 def input_gradients(

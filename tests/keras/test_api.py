@@ -14,7 +14,7 @@ import gpreg_torch
 from gpreg import BUILTIN_NAMES
 
 BACKEND = keras.backend.backend()
-KERAS_ONLY = {"stateless_critic"}  # JAX needs a pure critic
+KERAS_ONLY = {"stateless_critic", "exact_moments"}  # JAX needs a pure critic; TF statistics
 TORCH_ONLY = {"from_scores"}  # forward reuse needs autograd's after-the-fact gradients
 RENAMED = {"generator": "seed"}  # framework-specific randomness argument
 
