@@ -16,11 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
     ("core", {}, ["tests/core"]),
-    ("torch", {}, ["tests/torch", "--doctest-modules", "gpreg_torch", "gpreg"]),
+    ("torch", {}, ["tests/torch", "tests/property", "--ignore",
+                   "tests/property/test_keras_agree.py", "--doctest-modules", "gpreg_torch",
+                   "gpreg"]),
 ] + [
     (f"keras-{b}", {"KERAS_BACKEND": b},
-     ["tests/keras", "--doctest-modules", "gpreg_keras/_penalties.py",
-      "gpreg_keras/_stateless.py"])
+     ["tests/keras", "tests/property/test_keras_agree.py", "--doctest-modules",
+      "gpreg_keras/_penalties.py", "gpreg_keras/_stateless.py", "gpreg_keras/_exact.py",
+      "gpreg_keras/_check.py"])
     for b in ("tensorflow", "jax", "torch")
 ] + [
     # the Sphinx build (warnings are errors) and every code block of the docs pages

@@ -1,0 +1,327 @@
+"""Shared pieces of the property tests: hypothesis strategies that draw small random critics,
+data and penalty options, and the independent float64 reference for them.
+
+The reference is ``gpreg/fixtures/generate.py`` (second-order forward-mode hyper-dual numbers
+in NumPy, no code from gpreg): its functions are called directly and the result is wrapped in
+the same :class:`gpreg.fixtures.Fixture` / :class:`gpreg.fixtures.Case` objects the shipped
+fixtures use, so ``gpreg_torch._fixture.run_case`` and ``gpreg_keras._fixture.run_case`` run a
+drawn case exactly as they run a stored one.
+
+Every draw is deterministic (``derandomize=True``); ``GPREG_PROPERTY_SCALE`` (a float, default
+1) multiplies every example budget, e.g. for a longer local or nightly run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import numpy as np
+from hypothesis import HealthCheck, assume, settings
+from hypothesis import strategies as st
+
+from gpreg.fixtures import Case, Fixture
+from gpreg.fixtures import generate as ref
+
+PENALTIES = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "r1", "r2", "dragan")
+#: penalties that evaluate the critic at interpolates and take ``alpha``
+INTERPOLATING = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp")
+USES_TARGET = ("wgan_gp", "wgan_lp", "dragan")
+ACTIVATIONS = ("tanh", "softplus", "leaky_relu", "elu")
+REDUCTIONS = ("mean", "sum", "max")
+
+#: Kinked activations are kept this far from their kink: wider than the generator's own
+#: 1e-6, so that float32 round-off (about 1e-7 relative) can never move a pre-activation
+#: across the kink and change which branch a framework takes.
+KINK_MARGIN = 1e-4
+#: Targets are kept this far (relative) from every norm, and the largest per-sample penalty
+#: this far from the second largest for ``reduction="max"``: otherwise float32 round-off in
+#: ``n - t`` (or in choosing the maximum) is amplified past the float32 tolerance.
+TARGET_GAP = 0.02
+MAX_GAP = 1e-3
+
+
+def examples(n: int) -> int:
+    """The example budget ``n`` times ``GPREG_PROPERTY_SCALE``."""
+    return max(1, round(n * float(os.environ.get("GPREG_PROPERTY_SCALE", "1"))))
+
+
+def bounded(n: int) -> settings:
+    """Deterministic, CI-sized hypothesis settings with a budget of ``n`` examples."""
+    return settings(
+        max_examples=examples(n),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    """Round to float32 and back, so that float32 and float64 runs start from the same
+    numbers and the reference sees exactly what every framework sees."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A drawn critic (generator layer format) with its data and explicit randomness."""
+
+    layers: tuple[dict[str, Any], ...]
+    params: dict[str, np.ndarray]
+    real: tuple[np.ndarray, ...]
+    fake: tuple[np.ndarray, ...]
+    alpha: np.ndarray
+    noise: tuple[np.ndarray, ...]
+
+    @property
+    def batch(self) -> int:
+        return int(self.real[0].shape[0])
+
+    def describe(self) -> str:
+        arch = " -> ".join(
+            f"{layer['type']}({self.params[layer['params']['weight']].shape[0]})"
+            if layer["type"] == "linear"
+            else layer["type"]
+            for layer in self.layers
+        )
+        shapes = ", ".join(str(r.shape) for r in self.real)
+        return f"{shapes}: {arch}"
+
+    def fixture(self, cases: tuple[Case, ...] = ()) -> Fixture:
+        return Fixture(
+            name="property",
+            description=self.describe(),
+            layers=self.layers,
+            params=self.params,
+            real=self.real,
+            fake=self.fake,
+            alpha=self.alpha,
+            noise=self.noise,
+            cases=cases,
+        )
+
+    def take(self, index: Any) -> Problem:
+        """The samples ``index`` (an int array) of the batch, in that order."""
+        index = np.asarray(index)
+        return Problem(
+            layers=self.layers,
+            params=self.params,
+            real=tuple(r[index] for r in self.real),
+            fake=tuple(f[index] for f in self.fake),
+            alpha=self.alpha[index],
+            noise=tuple(e[index] for e in self.noise),
+        )
+
+
+@st.composite
+def problems(draw: Any, max_batch: int = 5) -> Problem:
+    """A random small critic and its data.
+
+    Inputs: a vector (B, F), an image (B, C, H, W) flattened by the first layer, or two parts
+    (B, F1), (B, F2) concatenated by the first layer. Then 1 to 3 linear layers (widths 1-8,
+    optional bias; the last one has 1 or 2 outputs, summed per sample), each hidden one
+    followed by an optional layer norm (widths >= 3) and an activation drawn from tanh,
+    softplus, leaky_relu, elu. Parameters and data come from a drawn NumPy seed (weights
+    N(0, 1/fan_in), real N(0, 1), fake 0.5 + 1.5 N(0, 1), noise N(0, 1)); alpha is drawn
+    by hypothesis itself, endpoints included.
+    """
+    batch = draw(st.integers(1, max_batch), label="batch")
+    kind = draw(st.sampled_from(("vector", "image", "two_part")), label="input")
+    architecture: list[dict[str, Any]]
+    if kind == "vector":
+        shapes = [(batch, draw(st.integers(1, 8)))]
+        architecture = []
+    elif kind == "image":
+        channels, height, width = (draw(st.integers(1, n)) for n in (3, 4, 4))
+        shapes = [(batch, channels, height, width)]
+        architecture = [{"type": "flatten"}]
+    else:
+        shapes = [(batch, draw(st.integers(1, 4))), (batch, draw(st.integers(1, 4)))]
+        architecture = [{"type": "concat"}]
+    depth = draw(st.integers(1, 3), label="linear layers")
+    for k in range(depth):
+        last = k == depth - 1
+        width = draw(st.integers(1, 2) if last else st.integers(1, 8))
+        architecture.append({"type": "linear", "out": width, "bias": draw(st.booleans())})
+        if last:
+            break
+        if width >= 3 and draw(st.booleans(), label="layer_norm"):
+            architecture.append({"type": "layer_norm", "eps": 1e-5})
+        act = draw(st.sampled_from(ACTIVATIONS))
+        if act == "leaky_relu":
+            # float32-representable slopes: Keras on TensorFlow passes the slope to the
+            # LeakyRelu op as a float32 attribute, even for float64 tensors
+            slope = float(np.float32(draw(st.sampled_from((0.01, 0.2)))))
+            architecture.append({"type": act, "slope": slope})
+        else:
+            architecture.append({"type": act})
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
+    layers, params = ref.make_layers(architecture, shapes, rng)
+    alpha = draw(
+        st.lists(st.floats(0.0, 1.0, allow_subnormal=False), min_size=batch, max_size=batch),
+        label="alpha",
+    )
+    return Problem(
+        layers=tuple(layers),
+        params={name: _f32(value) for name, value in params.items()},
+        real=tuple(_f32(rng.standard_normal(s)) for s in shapes),
+        fake=tuple(_f32(0.5 + 1.5 * rng.standard_normal(s)) for s in shapes),
+        alpha=_f32(np.array(alpha)),
+        noise=tuple(_f32(rng.standard_normal(s)) for s in shapes),
+    )
+
+
+@st.composite
+def penalty_options(draw: Any, penalty: str) -> dict[str, Any]:
+    """Keyword options for ``penalty``. ``target`` is given as ``target_factor``, a multiple
+    of the median norm, resolved by :func:`reference_case` once the norms are known."""
+    weight = draw(st.floats(0.1, 20.0), label="weight")
+    if penalty in ("r1", "r2"):
+        return {"gamma": weight}
+    options: dict[str, Any] = {"weight": weight}
+    if penalty in USES_TARGET:
+        options["target_factor"] = draw(st.sampled_from((0.5, 0.75, 1.5, 2.0)))
+        options["ratio"] = draw(st.booleans())
+    if penalty == "dragan":
+        options["c"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
+    return options
+
+
+def reference_norms(problem: Problem, penalty: str, c: float = 0.0) -> tuple[Any, ...]:
+    """Evaluation points, norms and norm derivatives (B, K) from the reference; rejects the
+    draw (``assume``) when a kinked activation comes within :data:`KINK_MARGIN` of its kink."""
+    points = ref.evaluation_points(
+        ref.POINTS[penalty], list(problem.real), list(problem.fake), problem.alpha,
+        list(problem.noise), c=c,
+    )
+    with mock.patch.object(ref, "KINK_MARGIN", KINK_MARGIN):
+        try:
+            g, dg = ref.input_gradients(list(problem.layers), problem.params, points)
+        except ValueError as exc:
+            if "kink" not in str(exc):
+                raise
+            assume(False)
+    norms, dnorms = ref.norms_and_derivatives(g, dg)
+    return points, norms, dnorms
+
+
+def target_for(norms: np.ndarray, factor: float) -> float:
+    """``factor`` times the median norm, rejected when it lies within :data:`TARGET_GAP`
+    (relative) of any norm."""
+    target = factor * float(np.median(norms))
+    assume(target > 0)
+    assume(float(np.min(np.abs(norms - target))) > TARGET_GAP * target)
+    return target
+
+
+def reference_case(
+    problem: Problem, penalty: str, options: dict[str, Any], reduction: str
+) -> Case:
+    """The float64 reference for ``penalty`` with ``options`` on ``problem``."""
+    kwargs = dict(options)
+    points, norms, dnorms = reference_norms(problem, penalty, float(kwargs.get("c", 0.0)))
+    if "target_factor" in kwargs:
+        kwargs["target"] = target_for(norms, kwargs.pop("target_factor"))
+    per_sample, dper_dn = ref.per_sample_penalty(penalty, kwargs, norms)
+    dper = dper_dn[:, None] * dnorms
+    if reduction == "sum":
+        value, grad = float(np.sum(per_sample)), np.sum(dper, axis=0)
+    else:
+        if reduction == "max" and problem.batch > 1:
+            order = np.argsort(per_sample)
+            top, second = per_sample[order[-1]], per_sample[order[-2]]
+            if top - second <= MAX_GAP * top:  # a near tie: fine only with equal gradients
+                scale = max(float(np.max(np.abs(dper))), 1e-300)
+                tied = np.flatnonzero(per_sample >= top - MAX_GAP * top)
+                assume(all(np.max(np.abs(dper[i] - dper[order[-1]])) <= 1e-9 * scale
+                           for i in tied))
+        try:
+            value, grad = ref.reduce_penalty(per_sample, dper, reduction)
+        except AssertionError:  # the reference refuses an ambiguous maximum
+            assume(False)
+    return Case(
+        id=f"{penalty}-{reduction}",
+        penalty=penalty,
+        kwargs=kwargs,
+        reduction=reduction,
+        points=tuple(points),
+        norms=norms,
+        per_sample=per_sample,
+        value=value,
+        grads=ref._split(grad, problem.params),
+    )
+
+
+@st.composite
+def cases(draw: Any, max_batch: int = 5) -> tuple[Problem, Case]:
+    """A drawn problem with one drawn penalty, options and reduction, and its reference."""
+    problem = draw(problems(max_batch=max_batch))
+    penalty = draw(st.sampled_from(PENALTIES), label="penalty")
+    options = draw(penalty_options(penalty))
+    reduction = draw(st.sampled_from(REDUCTIONS), label="reduction")
+    return problem, reference_case(problem, penalty, options, reduction)
+
+
+def check_run(got: dict[str, Any], case: Case, tolerance: str, where: str) -> None:
+    """A ``run_case`` result against the reference ``case`` (value, per-sample, norms,
+    every parameter gradient) with the shared tolerance table."""
+    from gpreg._tolerances import assert_close
+
+    assert_close(got["value"], case.value, tolerance, err_msg=f"{where}: value")
+    assert_close(got["per_sample"], case.per_sample, tolerance, err_msg=f"{where}: per-sample")
+    assert_close(got["norms"], case.norms, tolerance, err_msg=f"{where}: norms")
+    assert set(got["grads"]) == set(case.grads), where
+    for name, expected in case.grads.items():
+        assert_close(got["grads"][name], expected, tolerance, err_msg=f"{where}: d/d{name}")
+
+
+def check_same(a: dict[str, Any], b: dict[str, Any], tolerance: str, where: str) -> None:
+    """Two ``run_case`` results (two frameworks) against each other."""
+    from gpreg._tolerances import assert_close
+
+    for key in ("value", "per_sample", "norms"):
+        assert_close(a[key], b[key], tolerance, err_msg=f"{where}: {key}")
+    assert set(a["grads"]) == set(b["grads"]), where
+    for name in a["grads"]:
+        assert_close(a["grads"][name], b["grads"][name], tolerance, err_msg=f"{where}: d/d{name}")
+
+
+# --- sampling statistics --------------------------------------------------------------------
+
+def ks_uniform(samples: np.ndarray) -> float:
+    """Kolmogorov-Smirnov statistic of ``samples`` against U[0, 1)."""
+    u = np.sort(np.asarray(samples, dtype=np.float64).ravel())
+    n = u.size
+    upper = np.arange(1, n + 1) / n - u
+    lower = u - np.arange(0, n) / n
+    return float(max(upper.max(), lower.max()))
+
+
+#: With n = 20000 draws the 0.1 % critical value of the KS statistic is 1.95 / sqrt(n) =
+#: 0.0138; the seeds are fixed, so 0.02 fails only for a wrong distribution, never by chance.
+KS_BOUND = 0.02
+
+
+def check_uniform(samples: np.ndarray, what: str, n_min: int = 20000) -> None:
+    """``samples`` look like independent U[0, 1) draws (fixed seed: a bound that cannot
+    flake): all in [0, 1), KS statistic < 0.02, mean 1/2 and variance 1/12 within 0.01."""
+    u = np.asarray(samples, dtype=np.float64).ravel()
+    assert u.size >= n_min, f"{what}: only {u.size} samples"
+    assert np.all((u >= 0.0) & (u < 1.0)), f"{what}: values outside [0, 1): {u.min()}, {u.max()}"
+    ks = ks_uniform(u)
+    assert ks < KS_BOUND, f"{what}: KS statistic {ks:.4f} against U[0, 1) (bound {KS_BOUND})"
+    assert abs(u.mean() - 0.5) < 0.01, f"{what}: mean {u.mean():.4f}, expected 0.5"
+    assert abs(u.var() - 1 / 12) < 0.01, f"{what}: variance {u.var():.4f}, expected 1/12"
+    assert len(np.unique(u)) > 0.99 * u.size, f"{what}: repeated values"
+
+
+def plus_minus_one(shape: tuple[int, ...]) -> np.ndarray:
+    """An array of +1 and -1 (half each, alternating): mean 0, population std exactly 1."""
+    size = math.prod(shape)
+    assert size % 2 == 0
+    return np.where(np.arange(size) % 2 == 0, 1.0, -1.0).reshape(shape)
