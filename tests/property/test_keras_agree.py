@@ -26,6 +26,11 @@ if not BACKEND:
         allow_module_level=True,
     )
 
+if BACKEND == "jax":  # float64 needs x64, switched on before Keras creates any array
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -65,6 +70,10 @@ assert keras.backend.backend() == BACKEND, (
 JAX = BACKEND == "jax"
 DTYPES = st.sampled_from(("float64", "float32"))
 N = 20000
+#: Examples per property. JAX compiles every drawn critic anew (its variable initializers
+#: and the jitted penalty), about 2 s of CPU each, so it draws fewer to stay within ~60 s.
+BUDGET = {"agree": 8, "invariants": 6, "no_grad": 4} if JAX else {
+    "agree": 12, "invariants": 10, "no_grad": 6}
 
 
 def jit(fn):
@@ -146,7 +155,7 @@ def run_jitted(fixture, case, dtype):
     }
 
 
-@bounded(12)
+@bounded(BUDGET["agree"])
 @given(drawn=cases(), dtype=DTYPES)
 def test_keras_matches_reference_and_torch(drawn, dtype):
     problem, case = drawn
@@ -162,7 +171,7 @@ def test_keras_matches_reference_and_torch(drawn, dtype):
 
 # --- invariants -----------------------------------------------------------------------------
 
-@bounded(10)
+@bounded(BUDGET["invariants"])
 @given(problem=problems(max_batch=4), data=st.data(), dtype=DTYPES)
 def test_keras_invariants(problem, data, dtype):
     """On one drawn critic: reduction="none" reduces to mean, sum and max; a permuted batch
@@ -224,7 +233,7 @@ def test_keras_invariants(problem, data, dtype):
     assert np.all(lp[~above] == 0), lp
 
 
-@bounded(6)
+@bounded(BUDGET["no_grad"])
 @given(problem=problems(max_batch=3), name=st.sampled_from(PENALTIES))
 def test_keras_points_never_receive_a_gradient(problem, name):
     """Differentiating the penalty gives the critic's variables a gradient and the points,
@@ -308,7 +317,7 @@ def test_keras_alpha_is_uniform_per_sample(name, dtype):
     check_uniform(rec.points[0], f"{name} alpha ({BACKEND}, {dtype})")
 
 
-@pytest.mark.parametrize("batch", [2, 3, 8, 64])
+@pytest.mark.parametrize("batch", [2, 64])
 def test_keras_one_alpha_per_sample_shared_by_every_element_and_part(batch):
     for seed in range(3):
         rec = Recorder()
