@@ -1,11 +1,17 @@
-"""The ``gpreg`` command line: ``gpreg compare`` (and ``python -m gpreg compare``)."""
+"""The ``gpreg`` command line (also ``python -m gpreg``).
+
+``gpreg compare`` checks every installed framework path against the float64 fixtures and
+times the penalty calls; ``gpreg demo`` trains a toy GAN once per penalty and writes a
+gallery."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 from gpreg import fixtures
@@ -33,11 +39,15 @@ def _check_row(row: dict[str, Any], case: fixtures.Case) -> dict[str, Any]:
     return {**row, **errs, "ok": bool(ok)}
 
 
-def _run_path(path: str, dtypes: list[str], penalties: list[str]) -> dict[str, Any]:
+def _run_path(path: str, dtypes: list[str], penalties: list[str], repeats: int = 0,
+              fixture_names: list[str] | None = None) -> dict[str, Any]:
     """Run one framework path in its own process (Keras reads KERAS_BACKEND once)."""
     import os
 
-    cmd = [sys.executable, "-m", "gpreg._worker", path, *dtypes, "--penalties", ",".join(penalties)]
+    cmd = [sys.executable, "-m", "gpreg._worker", path, *dtypes, "--penalties", ",".join(penalties),
+           "--repeats", str(repeats)]
+    if fixture_names:
+        cmd += ["--fixtures", ",".join(fixture_names)]
     env = {**os.environ, **PATHS[path][1], "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -46,62 +56,145 @@ def _run_path(path: str, dtypes: list[str], penalties: list[str]) -> dict[str, A
     return json.loads(proc.stdout)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    head = ["fixture", "case", "framework", "dtype", "value", "err value", "err per-sample",
-            "err grads", "ok"]
-    body = []
-    for r in rows:
-        if "error" in r:
-            body.append([r["fixture"], r["case"], r["framework"], r["dtype"], "error", "", "",
-                         r["error"][:40], "FAIL"])
-            continue
-        dt = r["dtype"] + ("*" if r.get("tolerance", r["dtype"]) != r["dtype"] else "")
-        body.append([r["fixture"], r["case"], r["framework"], dt, f"{r['value']:.6g}",
-                     f"{r['err_value']:.1e}", f"{r['err_per_sample']:.1e}",
-                     f"{r['err_grads']:.1e}", "ok" if r["ok"] else "FAIL"])
+def _ms(x: float | None) -> str:
+    """A time in milliseconds, three significant digits."""
+    return "" if x is None else f"{x:.3g} ms"
+
+
+def _render(head: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
     lines += [fmt.format(*b) for b in body]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _dtype_label(r: dict[str, Any]) -> str:
+    return r["dtype"] + ("*" if r.get("tolerance", r["dtype"]) != r["dtype"] else "")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """One line per check (``--all-rows``)."""
+    head = ["fixture", "case", "framework", "dtype", "value", "err value", "err per-sample",
+            "err grads", "time/call", "ok"]
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["fixture"], r["case"], r["framework"], r["dtype"], "error", "", "",
+                         r["error"][:40], "", "FAIL"])
+            continue
+        body.append([r["fixture"], r["case"], r["framework"], _dtype_label(r), f"{r['value']:.6g}",
+                     f"{r['err_value']:.1e}", f"{r['err_per_sample']:.1e}",
+                     f"{r['err_grads']:.1e}", _ms(r.get("median_ms")),
+                     "ok" if r["ok"] else "FAIL"])
+    return _render(head, body)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per framework × penalty × dtype: the number of checks and of agreeing ones,
+    the worst relative errors over the fixtures and cases, and the median over them of the
+    per-case median time (rows that raised count as failed and carry no errors or time)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["framework"], r["penalty"], r["dtype"]), []).append(r)
+    out = []
+    for (fw, penalty, dtype), rs in groups.items():
+        fine = [r for r in rs if "error" not in r]
+        times = [r["median_ms"] for r in fine if "median_ms" in r]
+        rec: dict[str, Any] = {
+            "framework": fw, "penalty": penalty, "dtype": dtype,
+            "tolerance": rs[0].get("tolerance", dtype),
+            "checks": len(rs), "agree": sum(bool(r["ok"]) for r in rs),
+            "median_ms": statistics.median(times) if times else None,
+        }
+        for key in ("err_value", "err_per_sample", "err_grads"):
+            rec[key] = max((r[key] for r in fine), default=None)
+        rec["ok"] = rec["agree"] == rec["checks"]
+        out.append(rec)
+    return out
+
+
+def _summary_table(summary: list[dict[str, Any]]) -> str:
+    """One line per framework × penalty × dtype (the default view)."""
+    head = ["framework", "penalty", "dtype", "checks", "err value", "err per-sample",
+            "err grads", "time/call", "ok"]
+
+    def err(x: float | None) -> str:
+        return "" if x is None else f"{x:.1e}"
+
+    body = [[s["framework"], s["penalty"], _dtype_label(s), f"{s['agree']}/{s['checks']}",
+             err(s["err_value"]), err(s["err_per_sample"]), err(s["err_grads"]),
+             _ms(s["median_ms"]), "ok" if s["ok"] else "FAIL"] for s in summary]
+    return _render(head, body)
 
 
 def compare(args: argparse.Namespace) -> int:
     frameworks = args.frameworks.split(",") if args.frameworks else list(PATHS)
     penalties = args.penalties.split(",") if args.penalties else list(BUILTIN_NAMES)
+    all_fixtures = [f.name for f in fixtures.load()]
+    fixture_names = args.fixtures.split(",") if args.fixtures else None
     for name, known, what in ((frameworks, list(PATHS), "framework"),
-                              (penalties, list(BUILTIN_NAMES), "penalty")):
+                              (penalties, list(BUILTIN_NAMES), "penalty"),
+                              (fixture_names or [], all_fixtures, "fixture")):
         bad = [x for x in name if x not in known]
         if bad:
             print(f"gpreg compare: unknown {what} {', '.join(bad)}; choose from "
                   f"{', '.join(known)}", file=sys.stderr)
             return 2
+    if args.repeats < 0:
+        print(f"gpreg compare: --repeats must be 0 (no timing) or more, got {args.repeats}",
+              file=sys.stderr)
+        return 2
     dtypes = [args.dtype] if args.dtype != "all" else list(DTYPES)
     cases = {(f.name, c.id): c for f in fixtures.load() for c in f.cases}
     rows: list[dict[str, Any]] = []
     status: dict[str, Any] = {}
     for fw in frameworks:
-        out = _run_path(fw, dtypes, penalties)
-        status[fw] = {k: out[k] for k in ("status", "reason", "versions") if k in out}
+        if not args.json:
+            print(f"gpreg compare: running {fw} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        out = _run_path(fw, dtypes, penalties, args.repeats, fixture_names)
+        status[fw] = {k: out[k] for k in ("status", "reason", "versions", "checked_as",
+                                          "timed_as") if k in out}
+        status[fw]["seconds"] = round(time.perf_counter() - t0, 1)
         for row in out.get("results", []):
-            rows.append({"framework": fw, **_check_row(row, cases[(row["fixture"], row["case"])])})
+            case = cases[(row["fixture"], row["case"])]
+            rows.append({"framework": fw, "penalty": case.penalty, **_check_row(row, case)})
     failed = [r for r in rows if not r["ok"]]
+    summary = summarize(rows)
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("grads", "traceback")} for r in rows]
-        json.dump({"frameworks": status, "rows": slim, "failed": len(failed)}, sys.stdout,
-                  indent=1)
+        json.dump({"frameworks": status, "repeats": args.repeats, "summary": summary,
+                   "rows": slim, "failed": len(failed)}, sys.stdout, indent=1)
         print()
     else:
         if rows:
-            print(_table(rows))
+            print(_table(rows) if args.all_rows else _summary_table(summary))
+            print()
+        if failed and not args.all_rows:
+            print("disagreements:")
+            print(_table(failed))
             print()
         for fw, st in status.items():
             extra = f" ({st['reason']})" if st.get("reason") else ""
             vers = ", ".join(f"{k} {v}" for k, v in st.get("versions", {}).items())
-            print(f"{fw}: {st['status']}{extra}{' — ' + vers if vers else ''}")
+            timed = ""
+            if st.get("timed_as"):
+                both = st.get("checked_as", "eager") != "eager"
+                timed = f"; {'checked and timed' if both else 'timed'} as {st['timed_as']}"
+            took = f" ({st['seconds']:.0f} s)" if st["status"] == "ok" else ""
+            print(f"{fw}: {st['status']}{took}{extra}{' — ' + vers if vers else ''}{timed}")
         if any(r.get("tolerance", r["dtype"]) != r["dtype"] for r in rows):
             print("* held to the float32 tolerance: Keras computes some float64 ops in float32 "
                   "on its JAX and torch backends")
+        if not args.all_rows and rows:
+            print("err: the largest relative error over the fixtures and cases of each row "
+                  "(--all-rows shows every check)")
+        if args.repeats and rows:
+            per = "per check" if args.all_rows else "median over the row's checks"
+            print(f"time/call: the penalty and its gradient w.r.t. the critic's parameters, "
+                  f"median of {args.repeats} calls after a warm-up ({per}); the fixture "
+                  f"critics are tiny, so this is mostly per-op overhead")
         print(f"{len(rows) - len(failed)} of {len(rows)} checks agree with the float64 "
               f"reference (tolerances: gpreg._tolerances.TOLERANCES)")
     if not rows:
@@ -111,15 +204,50 @@ def compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from gpreg.demo import add_arguments
+
+    add_arguments(p)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from gpreg.demo import main as run_demo
+
+    return run_demo(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpreg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare", help="check every installed framework against the fixtures")
+    p = sub.add_parser(
+        "compare", help="check every installed framework against the fixtures",
+        description="Run every penalty on the shipped fixture critics in each installed "
+                    "framework path (each in its own process), compare value, per-sample "
+                    "values and parameter gradients with the float64 reference, and time "
+                    "each penalty call. Exit status: 0 all agree, 1 a disagreement, 2 nothing "
+                    "could run or a bad argument.")
     p.add_argument("--frameworks", help=f"comma-separated subset of: {', '.join(PATHS)}")
     p.add_argument("--penalties", help=f"comma-separated subset of: {', '.join(BUILTIN_NAMES)}")
+    p.add_argument("--fixtures", help="comma-separated subset of the fixture critics: "
+                                      f"{', '.join(fixtures.names())} (default: all)")
     p.add_argument("--dtype", choices=[*DTYPES, "all"], default="all")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed penalty calls per check, after one warm-up (0: no timing; "
+                        "default 5)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="one table row per check instead of one per framework × penalty × "
+                        "dtype")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=compare)
+    d = sub.add_parser(
+        "demo", help="train a toy GAN once per penalty; metrics table and a PNG gallery",
+        description="Train a small GAN on 2-D toy data once per penalty and once without "
+                    "(same networks, initial weights and data for every run), print a "
+                    "metrics table and write one PNG gallery: per penalty, the generated "
+                    "samples over the data, the critic's landscape and its gradient norms "
+                    "at interpolates. Needs matplotlib (pip install 'gpreg[demo]').")
+    _demo_arguments(d)
+    d.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

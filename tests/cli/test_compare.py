@@ -1,0 +1,146 @@
+"""`gpreg compare`: the timing column, the summary and full views, and the worker's timed
+paths (one fixture per Keras backend, each in its own process).
+
+One real torch worker run (module fixture) feeds the in-process view tests, so they cost no
+extra process."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpreg import _worker, cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpreg", "compare", *args],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def torch_worker_output():
+    pytest.importorskip("torch")
+    out = cli._run_path("torch", ["float32"], ["r1", "wgan_gp"], 3, ["linear", "conv"])
+    assert out["status"] == "ok", out
+    return out
+
+
+@pytest.fixture
+def canned(monkeypatch, torch_worker_output):
+    """``gpreg compare`` in this process, its torch worker replaced by the module's run;
+    ``canned(args, edit=None)`` returns (exit code, stdout)."""
+
+    def call(args: list[str], edit=None, capsys=None):
+        out = copy.deepcopy(torch_worker_output)
+        if edit:
+            edit(out)
+        monkeypatch.setattr(cli, "_run_path", lambda *a, **k: out)
+        return cli.main(["compare", "--frameworks", "torch", "--penalties", "r1,wgan_gp",
+                         "--fixtures", "linear,conv", "--dtype", "float32", "--repeats", "3",
+                         *args])
+
+    return call
+
+
+def test_worker_times_every_row(torch_worker_output):
+    rows = torch_worker_output["results"]
+    assert len(rows) == 2 * 3  # 2 fixtures × (r1, wgan_gp, wgan_gp_ratio)
+    assert torch_worker_output["timed_as"].startswith("eager")
+    for row in rows:
+        assert row["repeats"] == 3 and 0 < row["median_ms"] < 10_000
+
+
+def test_json_summary_takes_worst_errors_and_median_times(canned, capsys):
+    assert canned(["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failed"] == 0 and doc["repeats"] == 3 and len(doc["rows"]) == 6
+    summary = {(s["penalty"], s["dtype"]): s for s in doc["summary"]}
+    assert set(summary) == {("r1", "float32"), ("wgan_gp", "float32")}
+    wgan = summary[("wgan_gp", "float32")]
+    assert wgan["checks"] == wgan["agree"] == 4 and wgan["ok"]
+    rows = [r for r in doc["rows"] if r["penalty"] == "wgan_gp"]
+    times = sorted(r["median_ms"] for r in rows)
+    assert wgan["median_ms"] == pytest.approx((times[1] + times[2]) / 2)
+    assert wgan["err_grads"] == max(r["err_grads"] for r in rows)
+
+
+def test_summary_is_the_default_view_and_all_rows_the_full_one(canned, capsys):
+    assert canned([]) == 0
+    short = capsys.readouterr().out
+    assert canned(["--all-rows"]) == 0
+    full = capsys.readouterr().out
+    assert short.splitlines()[0].split()[:3] == ["framework", "penalty", "dtype"]
+    body = [ln for ln in short.splitlines() if ln.startswith("torch ")]
+    assert len(body) == 2 and "4/4" in body[0] and body[0].endswith("ok") and "ms" in body[0]
+    assert "time/call" in short and "median of 3 calls after a warm-up" in short
+    assert full.splitlines()[0].split()[:2] == ["fixture", "case"]
+    assert "conv" in full and "conv" not in short
+    assert "6 of 6 checks agree with the float64 reference" in short
+
+
+def test_disagreements_are_listed_in_full_and_fail_the_run(canned, capsys):
+    def corrupt(out):
+        out["results"][0]["value"] *= 1.01
+
+    assert canned([], edit=corrupt) == 1
+    out = capsys.readouterr().out
+    assert "3/4" in out and "FAIL" in out  # results[0] is linear/wgan_gp
+    assert "disagreements:" in out and "linear" in out.split("disagreements:")[1]
+    assert "5 of 6 checks agree" in out
+
+
+def test_a_worker_error_is_a_failed_row(canned, capsys):
+    def error(out):
+        out["results"][1] = {**{k: out["results"][1][k] for k in ("fixture", "case", "dtype")},
+                             "error": "timing: RuntimeError: boom"}
+
+    assert canned(["--all-rows"], edit=error) == 1
+    assert "timing: RuntimeError: boom"[:40] in capsys.readouterr().out
+
+
+def test_end_to_end_with_repeats_zero_and_bad_arguments():
+    proc = run("--frameworks", "torch", "--penalties", "r2", "--fixtures", "linear",
+               "--dtype", "float32", "--repeats", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert all("median_ms" not in r for r in doc["rows"]) and doc["rows"]
+    assert "timed_as" not in doc["frameworks"]["torch"]
+    assert doc["summary"][0]["median_ms"] is None
+    proc = run("--fixtures", "linear,convolution")
+    assert proc.returncode == 2
+    assert "unknown fixture convolution; choose from linear, quadratic" in proc.stderr
+    proc = run("--repeats", "-1")
+    assert proc.returncode == 2 and "--repeats must be 0" in proc.stderr
+
+
+def test_median_seconds_warms_up_and_takes_the_median():
+    calls = []
+
+    def step():
+        calls.append(time.perf_counter())
+        time.sleep(0.02 if len(calls) == 1 else 0.001)  # a slow first (compiling) call
+
+    seconds = _worker.median_seconds(step, 5)
+    assert len(calls) == 6 and seconds < 0.015
+
+
+@pytest.mark.skipif(not (importlib.util.find_spec("jax") and importlib.util.find_spec("keras")),
+                    reason="JAX with Keras not installed")
+def test_keras_jax_is_checked_and_timed_under_jit():
+    """The keras-jax path checks and times through its own jitted functions (the other paths
+    check through run_case, which the Keras fixture tests cover)."""
+    proc = run("--frameworks", "keras-jax", "--penalties", "dragan", "--fixtures", "two_input",
+               "--dtype", "float64", "--repeats", "2", "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["frameworks"]["keras-jax"]["status"] == "ok"
+    assert doc["frameworks"]["keras-jax"]["timed_as"].startswith("jax.jit")
+    assert doc["frameworks"]["keras-jax"]["checked_as"] == "jax.jit"
+    (row,) = doc["rows"]
+    assert row["ok"] and row["median_ms"] > 0 and row["tolerance"] == "float32"
