@@ -1,0 +1,258 @@
+"""``gpreg demo``: train a small GAN on 2-D toy data once per penalty and once without, print
+a metrics table and write one PNG gallery.
+
+Every run uses the same networks (MLPs with 3 hidden ReLU layers), the same initial weights,
+the same data stream and the same optimizer (Adam); only the penalty — and, for R1/R2, the
+loss — differs. The interpolate and DRAGAN penalties and "none" train with the WGAN loss, R1
+and R2 with the non-saturating loss they were analysed with (see
+:func:`gpreg.demo._common.loss_kind`). Every penalty takes gpreg's default weight.
+
+The metrics (definitions in :mod:`gpreg.demo._data`): modes covered, the share of
+high-quality samples (within 3 σ of a mode centre), the mean gradient norm of the critic at
+interpolates of data and generated samples, and the training wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from gpreg.demo._common import CHOICES, Config, Run
+from gpreg.demo._data import DATASETS, dataset, quality
+
+__all__ = ["CHOICES", "Progress", "add_arguments", "main", "metrics_table", "train_all"]
+
+BACKENDS = ("torch", "keras")
+DEFAULT_OUT = "gpreg-demo.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    p.add_argument("--penalties", default=",".join(CHOICES),
+                   help=f"comma-separated subset of: {', '.join(CHOICES)} (default: all)")
+    p.add_argument("--backend", default="torch",
+                   help="torch (gpreg_torch, default) or keras (gpreg_keras on the backend "
+                        "KERAS_BACKEND names)")
+    p.add_argument("--data", default=d.data,
+                   help=f"{' or '.join(DATASETS)}: 8 Gaussians on a circle (default) or a 5×5 "
+                        "grid of Gaussians (harder: at the default --steps the generators only "
+                        "start to find its modes; give it more)")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"generator steps per run, each after {d.n_critic} critic steps "
+                        f"(default {d.steps})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of everything (default 0)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at the same time, each in its own process and on one "
+                        "core (default: as many as there are CPU cores, at most the number of "
+                        "runs; 1 trains them one after another in this process)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"where to write the PNG gallery (default: {DEFAULT_OUT} in the "
+                        "current folder)")
+
+
+class Progress:
+    """Plain-text progress of several concurrent runs on ``stream``: on a terminal one line
+    redrawn in place (one bar per active run), otherwise a line per run at every quarter."""
+
+    def __init__(self, labels: list[str], total: int, stream: TextIO = sys.stderr,
+                 width: int = 20) -> None:
+        self.labels, self.total, self.stream, self.width = labels, total, stream, width
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.done: dict[int, tuple[int, float]] = {}
+        self.finished: set[int] = set()
+        self.shown = 0.0
+        self.t0 = time.perf_counter()
+
+    def _bar(self, frac: float) -> str:
+        filled = int(self.width * frac)
+        return "#" * filled + "-" * (self.width - filled)
+
+    def update(self, i: int, done: int, seconds: float) -> None:
+        """Run ``i`` has finished ``done`` of its steps after ``seconds``."""
+        before = self.done.get(i, (0, 0.0))[0]
+        self.done[i] = (done, seconds)
+        name = f"[{i + 1}/{len(self.labels)}] {self.labels[i]:<7s}"
+        if done == self.total:
+            self.finished.add(i)
+            line = f"{name} |{self._bar(1.0)}| {done}/{self.total} steps in {seconds:.1f} s"
+            self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
+        elif self.tty:
+            now = time.perf_counter()
+            if now - self.shown < 0.2:
+                return
+            self.shown = now
+            active = sorted(j for j in self.done if j not in self.finished)
+            parts = [f"{self.labels[j]} |{self._bar(self.done[j][0] / self.total)}|"
+                     for j in active]
+            self.stream.write(f"\r\033[K{'  '.join(parts)}  {len(self.finished)}/"
+                              f"{len(self.labels)} done, {now - self.t0:.0f} s")
+        elif int(4 * done / self.total) > int(4 * before / self.total) or before == 0:
+            eta = seconds / done * (self.total - done)
+            self.stream.write(f"{name} |{self._bar(done / self.total)}| {done}/{self.total} "
+                              f"steps, {seconds:.1f} s, about {eta:.0f} s left\n")
+        self.stream.flush()
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+# --- training every run, in this process or in a pool of worker processes -----------------
+_QUEUE: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
+
+
+def _train_in_worker(backend_name: str, i: int, penalty: str, cfg: Config) -> Run:
+    backend = _backend(backend_name)
+    return backend.train(penalty, cfg, dataset(cfg.data),
+                         lambda done, seconds: _QUEUE.put((i, done, seconds)))
+
+
+def train_all(backend_name: str, penalties: list[str], cfg: Config, jobs: int,
+              progress: Progress) -> list[Run]:
+    """One run per penalty; ``jobs`` > 1 trains that many at a time in worker processes (each
+    run is seeded on its own and single-threaded, so the results do not depend on ``jobs``)."""
+    if jobs <= 1:
+        backend = _backend(backend_name)
+        return [backend.train(p, cfg, dataset(cfg.data),
+                              lambda done, seconds, i=i: progress.update(i, done, seconds))
+                for i, p in enumerate(penalties)]
+    import multiprocessing as mp
+    import queue as queue_module
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked framework thread pools
+    messages = ctx.Queue()
+    pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(messages,))
+    try:
+        pending = [pool.apply_async(_train_in_worker, (backend_name, i, p, cfg))
+                   for i, p in enumerate(penalties)]
+        while True:
+            try:
+                progress.update(*messages.get(timeout=0.1))
+            except queue_module.Empty:
+                failed = any(r.ready() and not r.successful() for r in pending)
+                if failed or all(r.ready() for r in pending):
+                    break
+        runs = [r.get() for r in pending]  # re-raises a worker's exception here
+        for i, run in enumerate(runs):  # a last progress message may still be in flight
+            if i not in progress.finished:
+                progress.update(i, cfg.steps, run.wall_s)
+        pool.close()
+        return runs
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def metrics_table(runs: list[Run], data_name: str) -> str:
+    """The metrics table ``gpreg demo`` prints (one line per run)."""
+    data = dataset(data_name)
+    head = ["penalty", "loss", "modes covered", "high-quality", "mean ‖∇D‖ interp.", "wall time"]
+    body = []
+    for r in runs:
+        q = quality(r.samples, data)
+        mean = float(r.interp_norms.mean())
+        body.append([r.penalty, r.loss, f"{q.modes_covered}/{q.modes}",
+                     f"{100 * q.high_quality:.1f}%", f"{mean:.4g}", f"{r.wall_s:.1f} s"])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*b) for b in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+LEGEND = """\
+modes covered: modes holding at least 1/5 of a perfect generator's share of {n} samples
+  (high-quality ones); high-quality: samples within 3σ of the nearest mode centre (σ = {std});
+  mean ‖∇D‖ interp.: the critic's input-gradient norm at interpolates of data and generated
+  samples (WGAN-GP drives it towards 1); wall time: training, with any tracing/compiling.
+loss: wgan = E D(fake) − E D(real) (+ penalty), ns = non-saturating (softplus) GAN loss."""
+
+
+def _fail(msg: str) -> int:
+    print(f"gpreg demo: {msg}", file=sys.stderr)
+    return 2
+
+
+def _backend(name: str) -> Any:
+    """The training module of ``name``; ImportError says what to install."""
+    if name == "torch":
+        try:
+            from gpreg.demo import _torch
+        except ImportError as exc:
+            raise ImportError(f"--backend torch needs PyTorch ({exc}); install it with "
+                              "pip install 'gpreg[torch,demo]'") from None
+        return _torch
+    try:
+        from gpreg.demo import _keras
+
+        _keras._load()
+    except ImportError as exc:
+        raise ImportError(f"--backend keras needs Keras 3 and the backend KERAS_BACKEND "
+                          f"names ({exc}); install e.g. pip install 'gpreg[tensorflow,demo]'"
+                          ) from None
+    return _keras
+
+
+def main(args: argparse.Namespace) -> int:
+    penalties = list(dict.fromkeys(p.strip() for p in args.penalties.split(",") if p.strip()))
+    bad = [p for p in penalties if p not in CHOICES]
+    if bad or not penalties:
+        return _fail(f"unknown penalty {', '.join(bad) or repr(args.penalties)}; choose from "
+                     f"{', '.join(CHOICES)}")
+    if args.backend not in BACKENDS:
+        return _fail(f"unknown backend {args.backend}; choose from {', '.join(BACKENDS)}")
+    if args.data not in DATASETS:
+        return _fail(f"unknown data set {args.data}; choose from {', '.join(DATASETS)}")
+    if args.steps < 1:
+        return _fail(f"--steps must be at least 1, got {args.steps}")
+    if args.jobs is not None and args.jobs < 1:
+        return _fail(f"--jobs must be at least 1, got {args.jobs}")
+    jobs = min(len(penalties), args.jobs or _cpu_count())
+    from gpreg.demo._gallery import check_writable, write_gallery
+
+    try:
+        out = check_writable(args.out)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return _fail("the gallery needs matplotlib; install it with pip install "
+                     "'gpreg[demo]'")
+    try:
+        backend = _backend(args.backend)
+    except ImportError as exc:
+        return _fail(str(exc))
+    cfg = Config(data=args.data, steps=args.steps, seed=args.seed)
+    data = dataset(cfg.data)
+    print(f"gpreg demo: {len(penalties)} runs on {cfg.data} data with {backend.versions()}, "
+          f"{cfg.steps} generator steps × {cfg.n_critic} critic steps each, seed {cfg.seed}, "
+          f"{jobs} at a time", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        runs = train_all(args.backend, penalties, cfg, jobs, Progress(penalties, cfg.steps))
+        print(metrics_table(runs, cfg.data))
+        print(LEGEND.format(n=cfg.eval_samples, std=data.std))
+        title = (f"gpreg demo: {cfg.data} data, {backend.versions()}, {cfg.steps} generator × "
+                 f"{cfg.n_critic} critic steps, batch {cfg.batch}, Adam lr {cfg.lr}, "
+                 f"seed {cfg.seed}")
+        write_gallery(runs, data, out, title)
+    except KeyboardInterrupt:
+        print("\ngpreg demo: interrupted; no image written", file=sys.stderr)
+        return 130
+    print(f"gallery written to {out} ({time.perf_counter() - t0:.0f} s in all)")
+    return 0
+

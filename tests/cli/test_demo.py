@@ -1,0 +1,211 @@
+"""`gpreg demo`: a tiny run writes a valid PNG and prints the metrics table; a seed fixes the
+metrics (in this process or in worker processes); bad input fails before any training; an
+interrupted run leaves no image behind."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import io
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("torch")
+
+from gpreg.demo import _data, _gallery
+from gpreg.demo._common import CHOICES, Run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def demo(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpreg", "demo", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature and the end."""
+    blob = path.read_bytes()
+    assert blob[:8] == PNG_SIGNATURE and blob[12:16] == b"IHDR"
+    assert blob[-12:] == b"\x00\x00\x00\x00IEND\xaeB`\x82"  # complete: ends with IEND
+    return struct.unpack(">II", blob[16:24])
+
+
+def metrics(stdout: str) -> list[list[str]]:
+    """The metrics table's rows without the wall-time column."""
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("penalty"))
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln or ln.split()[0] not in CHOICES:
+            break
+        rows.append(ln.split()[:-2])  # drop "<seconds> s"
+    return rows
+
+
+def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
+    """Two penalties: trained in 2 worker processes (the default on 2+ cores)."""
+    proc = demo("--steps", "3", "--penalties", "wgan_gp,r1", "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "gpreg-demo.png"  # the default: in the current folder
+    width, height = png_size(out)
+    assert width > 500 and height > 500
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).shape[:2] == (height, width)  # decodes
+    assert f"gallery written to {out}" in proc.stdout
+    head = proc.stdout.splitlines()[0]
+    for col in ("penalty", "loss", "modes covered", "high-quality", "mean ‖∇D‖ interp.",
+                "wall time"):
+        assert col in head
+    rows = metrics(proc.stdout)
+    assert [r[0] for r in rows] == ["wgan_gp", "r1"] and [r[1] for r in rows] == ["wgan", "ns"]
+    assert "3/3 steps" in proc.stderr and "2 at a time" in proc.stderr  # progress
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpreg-demo.png"]  # no temp files
+    # the same seed again, in this process and one after the other: the same metrics
+    from gpreg.demo import Progress, metrics_table, train_all
+    from gpreg.demo._common import Config
+
+    runs = train_all("torch", ["wgan_gp", "r1"], Config(steps=3), jobs=1,
+                     progress=Progress(["wgan_gp", "r1"], 3, stream=io.StringIO()))
+    assert metrics(metrics_table(runs, "ring")) == rows
+    other = train_all("torch", ["r1"], Config(steps=3, seed=1), jobs=1,
+                      progress=Progress(["r1"], 3, stream=io.StringIO()))
+    assert other[0].samples.tolist() != runs[1].samples.tolist()  # another seed: other runs
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("missing/x.png", "does not exist"),
+    ("file.txt/x.png", "is not a folder"),
+    (".", "is a directory"),
+    ("gallery.jpg", "ending in .png"),
+])
+def test_bad_out_fails_before_training(tmp_path, out, message):
+    (tmp_path / "file.txt").write_text("not a folder")
+    t0 = time.perf_counter()
+    proc = demo("--steps", "100000", "--penalties", "r1", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "|" not in proc.stderr  # no progress bar: nothing trained
+    assert time.perf_counter() - t0 < 60
+
+
+def test_unwritable_folder_is_reported(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_gallery.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ValueError, match="cannot write to .*Permission denied"):
+        _gallery.check_writable(str(tmp_path / "x.png"))
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    proc = demo("--penalties", "wgan_gp,wgan", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown penalty wgan; choose from wgan_gp, wgan_lp, zero_gp, r1, r2" in proc.stderr
+    assert "none" in proc.stderr
+    proc = demo("--backend", "jax", cwd=tmp_path)
+    assert proc.returncode == 2 and "choose from torch, keras" in proc.stderr
+    proc = demo("--data", "spiral", cwd=tmp_path)
+    assert proc.returncode == 2 and "choose from ring, grid" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_leaves_no_image(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gpreg", "demo", "--steps", "100000",
+                             "--penalties", "r1,r2", "--jobs", "2"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "|" not in line:  # the first progress bar: training has started
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the demo ended before training"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted; no image written" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_image_is_written_atomically(tmp_path, monkeypatch):
+    """Interrupted while writing: neither the image nor the temporary file stays."""
+    data = _data.dataset("ring")
+    rng = np.random.default_rng(0)
+    run = Run(penalty="r1", loss="ns", samples=data.sample(rng, 50), real=data.sample(rng, 50),
+              landscape=rng.normal(size=(8, 8)), interp_norms=rng.uniform(size=50),
+              wall_s=0.1, d_loss=0.0)
+    target = tmp_path / "g.png"
+    _gallery.write_gallery([run], data, target, "test")
+    assert png_size(target)[0] > 0
+    from matplotlib.figure import Figure
+
+    def interrupted(self, fh, **kwargs):
+        fh.write(PNG_SIGNATURE)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    before = target.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        _gallery.write_gallery([run], data, target, "test")
+    assert target.read_bytes() == before  # the old image is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]
+
+
+def test_quality_metrics():
+    ring = _data.dataset("ring")
+    grid = _data.dataset("grid")
+    assert (ring.modes, grid.modes) == (8, 25)
+    rng = np.random.default_rng(0)
+    perfect = ring.sample(rng, 2500)
+    q = _data.quality(perfect, ring)
+    assert q.modes_covered == 8 and q.high_quality > 0.98  # 3σ holds ~98.9% in 2-D
+    one_mode = np.repeat(ring.centres[:1], 2500, axis=0)
+    q = _data.quality(one_mode, ring)
+    assert (q.modes_covered, q.high_quality) == (1, 1.0)
+    # a mode needs a fifth of its fair share (2500 / 8 / 5 = 62.5) of high-quality samples
+    x = np.concatenate([np.repeat(ring.centres[:1], 2500 - 62, axis=0),
+                        np.repeat(ring.centres[1:2], 62, axis=0)])
+    assert _data.quality(x, ring).modes_covered == 1
+    x[0] = ring.centres[1]
+    assert _data.quality(x, ring).modes_covered == 2
+    far = np.full((100, 2), np.nan)
+    assert _data.quality(far, ring).high_quality == 0.0
+    assert _data.quality(grid.sample(rng, 2500), grid).modes_covered == 25
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_keras_backend(tmp_path, backend):
+    """``--backend keras`` on each Keras backend: a tf.function step, a jitted stateless step
+    and an eager torch step (two penalties, one drawing points with a seed)."""
+    if not (importlib.util.find_spec("keras") and importlib.util.find_spec(backend)):
+        pytest.skip(f"needs keras and {backend}")
+    proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1", "--jobs", "1",
+                "--out", "k.png", cwd=tmp_path,
+                env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"keras {importlib.metadata.version('keras')} on {backend}" in proc.stderr
+    rows = metrics(proc.stdout)
+    assert [r[:2] for r in rows] == [["dragan", "wgan"], ["r1", "ns"]]
+    assert all(float(r[-1]) > 0 for r in rows)  # the mean gradient norm at interpolates
+    assert png_size(tmp_path / "k.png")[0] > 0
+
+
+def test_the_demo_package_ships_in_the_wheel():
+    """setuptools lists packages explicitly: gpreg.demo must be among them (and matplotlib
+    in the demo extra), or `gpreg demo` breaks outside an editable install."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "gpreg.demo" in project["tool"]["setuptools"]["packages"]
+    demo_extra = project["project"]["optional-dependencies"]["demo"]
+    assert any(req.startswith("matplotlib") for req in demo_extra)
