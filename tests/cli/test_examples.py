@@ -1,0 +1,102 @@
+"""Every script in examples/ runs as a script (a subprocess, its main guard, its --steps)
+for a handful of steps; Keras and TensorFlow ones with KERAS_BACKEND set."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def needs(*modules: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not installed(*modules), reason=f"needs {', '.join(modules)}")
+
+
+def run_example(name: str, *args: str, backend: str | None = None) -> str:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def finite_numbers(line: str) -> list[float]:
+    values = [float(x) for x in re.findall(r"-?\d+\.\d+", line)]
+    assert values and all(abs(v) < 1e6 for v in values), line
+    return values
+
+
+def test_every_example_has_a_smoke_test():
+    tested = {"torch_wgan_gp.py", "torch_r1_lazy.py", "torch_amp_wgan_gp.py",
+              "tf_mirrored_wgan_gp.py", "keras_fit_wgan_gp.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == tested
+
+
+@needs("torch")
+def test_torch_wgan_gp():
+    out = run_example("torch_wgan_gp.py", "--steps", "3")
+    final = next(ln for ln in out.splitlines() if ln.startswith("final:"))
+    assert "penalty" in final
+    finite_numbers(final)
+
+
+@needs("torch")
+def test_torch_r1_lazy_regularizes_every_16th_step():
+    out = run_example("torch_r1_lazy.py", "--steps", "17")
+    assert "R1 evaluated on 2 of 17 critic steps" in out  # steps 0 and 16
+    finite_numbers(out.splitlines()[-1])
+
+
+@needs("torch")
+def test_torch_amp_bfloat16():
+    out = run_example("torch_amp_wgan_gp.py", "--steps", "3")
+    assert "autocast torch.bfloat16" in out and "GradScaler" not in out
+    finite_numbers(out.splitlines()[-1])
+
+
+@needs("torch")
+def test_torch_amp_float16_with_the_scaler():
+    """float16 on the CPU (or CUDA): the default scale overflows the first critic steps,
+    the scaler skips them and backs off, and training goes on with finite losses."""
+    out = run_example("torch_amp_wgan_gp.py", "--steps", "3", "--dtype", "float16")
+    line = next(ln for ln in out.splitlines() if ln.startswith("autocast"))
+    skipped = int(re.search(r"skipped (\d+) critic steps", line).group(1))
+    assert 1 <= skipped < 15, line  # 3 generator steps × 5 critic steps
+    finite_numbers(out.splitlines()[-1])
+
+
+@needs("tensorflow", "keras")
+def test_tf_mirrored_strategy_scales_the_penalty_per_replica():
+    out = run_example("tf_mirrored_wgan_gp.py", "--steps", "2", "--check",
+                      backend="tensorflow")
+    assert "2 replicas" in out
+    check = next(ln for ln in out.splitlines() if ln.startswith("scaling check"))
+    assert float(check.rsplit(" ", 1)[1]) < 1e-4
+    finite_numbers(out.splitlines()[-1])
+
+
+# tests/keras/test_fit.py trains this example's model in-process on every backend; here it
+# runs once as a script, on the first installed backend, to cover its main guard and --steps
+KERAS_BACKEND = next((b for b in ("tensorflow", "jax", "torch") if installed("keras", b)),
+                     None)
+
+
+@pytest.mark.skipif(KERAS_BACKEND is None, reason="needs keras and one of its backends")
+def test_keras_fit_as_a_script():
+    out = run_example("keras_fit_wgan_gp.py", "--steps", "2", backend=KERAS_BACKEND)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{KERAS_BACKEND}: final d_loss")
+    finite_numbers(last)
