@@ -28,6 +28,8 @@ GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
 ] + [
     # the Sphinx build (warnings are errors) and every code block of the docs pages
     ("docs", {"GPREG_DOCS_STRICT": "1"}, ["tests/docs"]),
+    # `gpreg compare` and `gpreg demo` with tiny settings, and every script in examples/
+    ("cli", {}, ["tests/cli"]),
     # the benchmark harness in --quick mode (correctness of the harness, not speed)
     ("bench", {}, ["tests/bench"]),
 ]
