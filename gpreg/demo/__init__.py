@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "KERAS_BACKEND names)")
     p.add_argument("--data", default=d.data,
                    help=f"{' or '.join(DATASETS)}: 8 Gaussians on a circle (default) or a 5×5 "
-                        "grid of Gaussians (harder: at the default --steps the generators only "
-                        "start to find its modes; give it more)")
+                        "grid of Gaussians (much harder for these small networks: with seed 0, "
+                        "no run covered more than 2 of its 25 modes in 800 steps, R1 covered 7 "
+                        "in 4000)")
     p.add_argument("--steps", type=int, default=d.steps,
                    help=f"generator steps per run, each after {d.n_critic} critic steps "
                         f"(default {d.steps})")
