@@ -11,7 +11,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -119,15 +118,21 @@ def test_end_to_end_with_repeats_zero_and_bad_arguments():
     assert proc.returncode == 2 and "--repeats must be 0" in proc.stderr
 
 
-def test_median_seconds_warms_up_and_takes_the_median():
+def test_median_seconds_warms_up_and_takes_the_median(monkeypatch):
+    """A fake clock: the first (compiling) call takes 100 s, the timed ones 3, 1, 2, 5, 4."""
+    clock = [0.0]
+    costs = iter([100.0, 3.0, 1.0, 2.0, 5.0, 4.0])
+    monkeypatch.setattr(_worker.time, "perf_counter", lambda: clock[0])
     calls = []
 
     def step():
-        calls.append(time.perf_counter())
-        time.sleep(0.02 if len(calls) == 1 else 0.001)  # a slow first (compiling) call
+        calls.append(clock[0])
+        clock[0] += next(costs)
 
-    seconds = _worker.median_seconds(step, 5)
-    assert len(calls) == 6 and seconds < 0.015
+    assert _worker.median_seconds(step, 5) == 3.0
+    assert len(calls) == 6
+    costs = iter([7.0, 9.0, 8.0])
+    assert _worker.median_seconds(step, 3, warmed_up=True) == 8.0  # no warm-up call
 
 
 @pytest.mark.skipif(not (importlib.util.find_spec("jax") and importlib.util.find_spec("keras")),

@@ -12,7 +12,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +90,9 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
 ])
 def test_bad_out_fails_before_training(tmp_path, out, message):
     (tmp_path / "file.txt").write_text("not a folder")
-    t0 = time.perf_counter()
     proc = demo("--steps", "100000", "--penalties", "r1", "--out", out, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert "|" not in proc.stderr  # no progress bar: nothing trained
-    assert time.perf_counter() - t0 < 60
+    assert "|" not in proc.stderr and "runs on" not in proc.stderr  # nothing trained
 
 
 def test_unwritable_folder_is_reported(tmp_path, monkeypatch):
