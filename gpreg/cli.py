@@ -197,11 +197,15 @@ def compare(args: argparse.Namespace) -> int:
                   f"critics are tiny, so this is mostly per-op overhead")
         print(f"{len(rows) - len(failed)} of {len(rows)} checks agree with the float64 "
               f"reference (tolerances: gpreg._tolerances.TOLERANCES)")
-    if not rows:
+    crashed = [fw for fw, st in status.items() if st["status"] == "failed"]
+    if crashed and not args.json:
+        print(f"gpreg compare: the {', '.join(crashed)} process failed (see above): that "
+              f"counts as a disagreement", file=sys.stderr)
+    if not rows and not crashed:
         print("gpreg compare: no framework path ran; install one, e.g. pip install "
               "'gpreg[torch]'", file=sys.stderr)
         return 2
-    return 1 if failed else 0
+    return 1 if failed or crashed else 0
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -224,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run every penalty on the shipped fixture critics in each installed "
                     "framework path (each in its own process), compare value, per-sample "
                     "values and parameter gradients with the float64 reference, and time "
-                    "each penalty call. Exit status: 0 all agree, 1 a disagreement, 2 nothing "
-                    "could run or a bad argument.")
+                    "each penalty call. Exit status: 0 all agree, 1 a disagreement or a failed "
+                    "framework process, 2 nothing could run or a bad argument.")
     p.add_argument("--frameworks", help=f"comma-separated subset of: {', '.join(PATHS)}")
     p.add_argument("--penalties", help=f"comma-separated subset of: {', '.join(BUILTIN_NAMES)}")
     p.add_argument("--fixtures", help="comma-separated subset of the fixture critics: "

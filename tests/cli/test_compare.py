@@ -103,6 +103,22 @@ def test_a_worker_error_is_a_failed_row(canned, capsys):
     assert "timing: RuntimeError: boom"[:40] in capsys.readouterr().out
 
 
+def test_a_crashed_framework_process_fails_the_run(monkeypatch, torch_worker_output, capsys):
+    """An installed framework whose worker process dies is a failure, not a skipped path."""
+    outputs = {"torch": torch_worker_output,
+               "keras-jax": {"status": "failed", "reason": "Segmentation fault"}}
+    monkeypatch.setattr(cli, "_run_path", lambda path, *a, **k: copy.deepcopy(outputs[path]))
+    args = ["compare", "--frameworks", "torch,keras-jax", "--penalties", "r1,wgan_gp",
+            "--fixtures", "linear,conv", "--dtype", "float32", "--repeats", "3"]
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert "keras-jax: failed (Segmentation fault)" in captured.out
+    assert "the keras-jax process failed" in captured.err
+    assert "6 of 6 checks agree" in captured.out
+    outputs["torch"] = {"status": "not installed", "reason": "ImportError: torch"}
+    assert cli.main(args) == 1  # nothing agreed, and a process failed: still 1, not 2
+
+
 def test_end_to_end_with_repeats_zero_and_bad_arguments():
     proc = run("--frameworks", "torch", "--penalties", "r2", "--fixtures", "linear",
                "--dtype", "float32", "--repeats", "0", "--json")
