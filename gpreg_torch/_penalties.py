@@ -270,6 +270,7 @@ def from_scores(
     points: Points,
     *,
     weight: float | None = None,
+    gamma: float | None = None,
     target: float | None = None,
     ratio: bool = False,
     reduction: str | None = None,
@@ -298,7 +299,9 @@ def from_scores(
         penalty: ``"r1"``, ``"r2"`` or a plugin evaluated at ``"real"``/``"fake"``.
         scores: critic output at ``points``, batch first.
         points: the input tensor(s), ``requires_grad=True``.
-        weight: the penalty's weight (``gamma`` for R1/R2; default: the penalty's default).
+        weight: the penalty's weight (default: the penalty's default).
+        gamma: the same as ``weight``, under R1's and R2's name for it (as in :func:`r1`);
+            give one of the two.
         target, ratio, reduction, create_graph, scaler, global_batch_size: as in
             :func:`wgan_gp`.
 
@@ -321,6 +324,13 @@ def from_scores(
         PyTorch only: TensorFlow and JAX cannot differentiate scores after the fact without
         the tape or function that produced them.
     """
+    if gamma is not None:
+        if weight is not None:
+            raise ValueError(
+                f"gpreg_torch.from_scores({penalty!r}): got weight={weight!r} and "
+                f"gamma={gamma!r}, two names for one number; pass one of them."
+            )
+        weight = gamma
     return _core.from_scores(
         penalty, scores, points, weight=weight, target=target, ratio=ratio,
         reduction=reduction, create_graph=create_graph, scaler=scaler,

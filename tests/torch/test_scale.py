@@ -112,6 +112,11 @@ def test_from_scores_equals_the_standard_call_with_one_forward(name):
     assert_close(reused.item(), standard.item(), "float64")
     for a, b in zip(weight_grads(reused, critic), g_standard):
         assert_close(a.numpy(), b.numpy(), "float64")
+    # gamma= is R1's and R2's own name for the weight
+    by_gamma = gp.from_scores(name, critic(pts), pts, gamma=3.0)
+    assert_close(by_gamma.item(), standard.item(), "float64")
+    for a, b in zip(weight_grads(by_gamma, critic), g_standard):
+        assert_close(a.numpy(), b.numpy(), "float64")
 
 
 def test_from_scores_refuses_interpolates_and_unwatched_points():
@@ -121,6 +126,9 @@ def test_from_scores_refuses_interpolates_and_unwatched_points():
         gp.from_scores("wgan_gp", critic(x), x)
     with pytest.raises(ValueError, match="requires_grad=True set before the critic call"):
         gp.from_scores("r1", critic(x), x)
+    pts = x.requires_grad_()
+    with pytest.raises(ValueError, match="two names for one number; pass one of them"):
+        gp.from_scores("r1", critic(pts), pts, weight=2.0, gamma=2.0)
 
 
 # --- lazy regularization and global batch size ----------------------------------------------
