@@ -16,6 +16,7 @@ from typing import Any
 
 from gpreg import fixtures
 from gpreg._specs import BUILTIN_NAMES
+from gpreg._text import name_list, render_table
 from gpreg._tolerances import max_rel_error, within
 from gpreg._worker import PATHS
 
@@ -53,20 +54,16 @@ def _run_path(path: str, dtypes: list[str], penalties: list[str], repeats: int =
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"status": "failed", "reason": " | ".join(tail)}
-    return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:  # e.g. a library printed to stdout
+        return {"status": "failed",
+                "reason": f"unreadable worker output ({exc}): {proc.stdout[:200]!r}"}
 
 
 def _ms(x: float | None) -> str:
     """A time in milliseconds, three significant digits."""
     return "" if x is None else f"{x:.3g} ms"
-
-
-def _render(head: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*b) for b in body]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _dtype_label(r: dict[str, Any]) -> str:
@@ -87,7 +84,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                      f"{r['err_value']:.1e}", f"{r['err_per_sample']:.1e}",
                      f"{r['err_grads']:.1e}", _ms(r.get("median_ms")),
                      "ok" if r["ok"] else "FAIL"])
-    return _render(head, body)
+    return render_table(head, body)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,22 +122,19 @@ def _summary_table(summary: list[dict[str, Any]]) -> str:
     body = [[s["framework"], s["penalty"], _dtype_label(s), f"{s['agree']}/{s['checks']}",
              err(s["err_value"]), err(s["err_per_sample"]), err(s["err_grads"]),
              _ms(s["median_ms"]), "ok" if s["ok"] else "FAIL"] for s in summary]
-    return _render(head, body)
+    return render_table(head, body)
 
 
 def compare(args: argparse.Namespace) -> int:
-    frameworks = args.frameworks.split(",") if args.frameworks else list(PATHS)
-    penalties = args.penalties.split(",") if args.penalties else list(BUILTIN_NAMES)
     all_fixtures = [f.name for f in fixtures.load()]
-    fixture_names = args.fixtures.split(",") if args.fixtures else None
-    for name, known, what in ((frameworks, list(PATHS), "framework"),
-                              (penalties, list(BUILTIN_NAMES), "penalty"),
-                              (fixture_names or [], all_fixtures, "fixture")):
-        bad = [x for x in name if x not in known]
-        if bad:
-            print(f"gpreg compare: unknown {what} {', '.join(bad)}; choose from "
-                  f"{', '.join(known)}", file=sys.stderr)
-            return 2
+    try:
+        frameworks = name_list(args.frameworks, "framework", list(PATHS))
+        penalties = name_list(args.penalties, "penalty", list(BUILTIN_NAMES))
+        fixture_names = (None if args.fixtures is None
+                         else name_list(args.fixtures, "fixture", all_fixtures))
+    except ValueError as exc:
+        print(f"gpreg compare: {exc}", file=sys.stderr)
+        return 2
     if args.repeats < 0:
         print(f"gpreg compare: --repeats must be 0 (no timing) or more, got {args.repeats}",
               file=sys.stderr)

@@ -15,18 +15,23 @@ interpolates of data and generated samples, and the training wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
 from typing import Any, TextIO
 
+from gpreg._text import name_list, render_table
 from gpreg.demo._common import CHOICES, Config, Run
 from gpreg.demo._data import DATASETS, dataset, quality
 
-__all__ = ["CHOICES", "Progress", "add_arguments", "main", "metrics_table", "train_all"]
+__all__ = ["CHOICES", "Progress", "RunFailed", "add_arguments", "main", "metrics_table",
+           "train_all"]
 
 BACKENDS = ("torch", "keras")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_OUT = "gpreg-demo.png"
 
 
@@ -72,6 +77,20 @@ class Progress:
         filled = int(self.width * frac)
         return "#" * filled + "-" * (self.width - filled)
 
+    def status_line(self, elapsed: float) -> str:
+        """The redrawn terminal line: a bar per active run, or percentages when bars do not
+        fit the terminal's width (a wrapped line could not be redrawn in place)."""
+        active = sorted(j for j in self.done if j not in self.finished)
+        tail = f"  {len(self.finished)}/{len(self.labels)} done, {elapsed:.0f} s"
+        columns = shutil.get_terminal_size((80, 24)).columns - 1
+        bars = "  ".join(f"{self.labels[j]} |{self._bar(self.done[j][0] / self.total)}|"
+                         for j in active)
+        if len(bars) + len(tail) <= columns:
+            return bars + tail
+        short = " ".join(f"{self.labels[j]} {100 * self.done[j][0] // self.total}%"
+                         for j in active)
+        return f"{tail.strip()}: {short}"[:columns]
+
     def update(self, i: int, done: int, seconds: float) -> None:
         """Run ``i`` has finished ``done`` of its steps after ``seconds``."""
         before = self.done.get(i, (0, 0.0))[0]
@@ -86,11 +105,7 @@ class Progress:
             if now - self.shown < 0.2:
                 return
             self.shown = now
-            active = sorted(j for j in self.done if j not in self.finished)
-            parts = [f"{self.labels[j]} |{self._bar(self.done[j][0] / self.total)}|"
-                     for j in active]
-            self.stream.write(f"\r\033[K{'  '.join(parts)}  {len(self.finished)}/"
-                              f"{len(self.labels)} done, {now - self.t0:.0f} s")
+            self.stream.write("\r\033[K" + self.status_line(now - self.t0))
         elif int(4 * done / self.total) > int(4 * before / self.total) or before == 0:
             eta = seconds / done * (self.total - done)
             self.stream.write(f"{name} |{self._bar(done / self.total)}| {done}/{self.total} "
@@ -106,6 +121,28 @@ def _cpu_count() -> int:
 
 
 # --- training every run, in this process or in a pool of worker processes -----------------
+class RunFailed(RuntimeError):
+    """One training run raised (or its worker process died); names the penalty."""
+
+    def __init__(self, penalty: str, exc: BaseException) -> None:
+        super().__init__(f"the {penalty} run failed: {type(exc).__name__}: {exc}")
+        self.penalty = penalty
+
+
+#: XLA's CPU client on one thread (JAX reads XLA_FLAGS once, when it starts)
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def one_thread_environment() -> None:
+    """Ask every framework a run may start for one intra-op thread, through the environment
+    (inherited by the worker processes): the torch and TensorFlow loops also set it in their
+    own process (``_torch.deterministic``, ``_keras._one_thread``); JAX only reads its flags
+    when it starts, so they go into ``XLA_FLAGS`` before anything imports it."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if XLA_ONE_THREAD not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_ONE_THREAD}".strip()
+
+
 _QUEUE: Any = None
 
 
@@ -121,40 +158,67 @@ def _train_in_worker(backend_name: str, i: int, penalty: str, cfg: Config) -> Ru
                          lambda done, seconds: _QUEUE.put((i, done, seconds)))
 
 
+def _stop_workers(pool: Any) -> None:
+    """End a process pool now: cancel what has not started, terminate what runs."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        return
+    # shutdown() forgets the worker processes, so take them first
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(timeout=10)
+
+
 def train_all(backend_name: str, penalties: list[str], cfg: Config, jobs: int,
               progress: Progress) -> list[Run]:
     """One run per penalty; ``jobs`` > 1 trains that many at a time in worker processes (each
-    run is seeded on its own and single-threaded, so the results do not depend on ``jobs``)."""
+    run is seeded on its own and single-threaded, so the results do not depend on ``jobs``).
+    A run that raises, or whose worker dies, raises :class:`RunFailed` as soon as it is
+    known; the other runs are stopped."""
     if jobs <= 1:
         backend = _backend(backend_name)
-        return [backend.train(p, cfg, dataset(cfg.data),
-                              lambda done, seconds, i=i: progress.update(i, done, seconds))
-                for i, p in enumerate(penalties)]
+        runs = []
+        for i, p in enumerate(penalties):
+            try:
+                runs.append(backend.train(
+                    p, cfg, dataset(cfg.data),
+                    lambda done, seconds, i=i: progress.update(i, done, seconds)))
+            except Exception as exc:
+                raise RunFailed(p, exc) from exc
+        return runs
     import multiprocessing as mp
     import queue as queue_module
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked framework thread pools
     messages = ctx.Queue()
-    pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(messages,))
+    # a worker that dies (killed, out of memory) breaks the pool: its future raises
+    # BrokenProcessPool instead of waiting forever
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                               initargs=(messages,))
     try:
-        pending = [pool.apply_async(_train_in_worker, (backend_name, i, p, cfg))
+        futures = [pool.submit(_train_in_worker, backend_name, i, p, cfg)
                    for i, p in enumerate(penalties)]
         while True:
-            try:
+            with contextlib.suppress(queue_module.Empty):
                 progress.update(*messages.get(timeout=0.1))
-            except queue_module.Empty:
-                failed = any(r.ready() and not r.successful() for r in pending)
-                if failed or all(r.ready() for r in pending):
-                    break
-        runs = [r.get() for r in pending]  # re-raises a worker's exception here
+            for i, f in enumerate(futures):  # every time: progress messages never pause
+                if f.done() and f.exception() is not None:
+                    raise RunFailed(penalties[i], f.exception())
+            if all(f.done() for f in futures):
+                break
+        runs = [f.result() for f in futures]
         for i, run in enumerate(runs):  # a last progress message may still be in flight
             if i not in progress.finished:
                 progress.update(i, cfg.steps, run.wall_s)
-        pool.close()
         return runs
     finally:
-        pool.terminate()
-        pool.join()
+        _stop_workers(pool)
 
 
 def metrics_table(runs: list[Run], data_name: str) -> str:
@@ -167,11 +231,7 @@ def metrics_table(runs: list[Run], data_name: str) -> str:
         mean = float(r.interp_norms.mean())
         body.append([r.penalty, r.loss, f"{q.modes_covered}/{q.modes}",
                      f"{100 * q.high_quality:.1f}%", f"{mean:.4g}", f"{r.wall_s:.1f} s"])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*b) for b in body]
-    return "\n".join(line.rstrip() for line in lines)
+    return render_table(head, body)
 
 
 LEGEND = """\
@@ -200,25 +260,31 @@ def _backend(name: str) -> Any:
         from gpreg.demo import _keras
 
         _keras._load()
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:  # ValueError: Keras refuses KERAS_BACKEND
         raise ImportError(f"--backend keras needs Keras 3 and the backend KERAS_BACKEND "
                           f"names ({exc}); install e.g. pip install 'gpreg[tensorflow,demo]'"
                           ) from None
+    found = _keras.keras.backend.backend()
+    if found not in KERAS_BACKENDS:
+        raise ImportError(f"--backend keras trains on Keras's {', '.join(KERAS_BACKENDS)} "
+                          f"backends (double backprop); KERAS_BACKEND is {found!r}: set it to "
+                          f"one of those")
     return _keras
 
 
 def main(args: argparse.Namespace) -> int:
-    penalties = list(dict.fromkeys(p.strip() for p in args.penalties.split(",") if p.strip()))
-    bad = [p for p in penalties if p not in CHOICES]
-    if bad or not penalties:
-        return _fail(f"unknown penalty {', '.join(bad) or repr(args.penalties)}; choose from "
-                     f"{', '.join(CHOICES)}")
+    try:
+        penalties = name_list(args.penalties, "penalty", CHOICES)
+    except ValueError as exc:
+        return _fail(str(exc))
     if args.backend not in BACKENDS:
         return _fail(f"unknown backend {args.backend}; choose from {', '.join(BACKENDS)}")
     if args.data not in DATASETS:
         return _fail(f"unknown data set {args.data}; choose from {', '.join(DATASETS)}")
     if args.steps < 1:
         return _fail(f"--steps must be at least 1, got {args.steps}")
+    if args.seed < 0:
+        return _fail(f"--seed must be 0 or more, got {args.seed}")
     if args.jobs is not None and args.jobs < 1:
         return _fail(f"--jobs must be at least 1, got {args.jobs}")
     jobs = min(len(penalties), args.jobs or _cpu_count())
@@ -233,6 +299,10 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         return _fail("the gallery needs matplotlib; install it with pip install "
                      "'gpreg[demo]'")
+    one_thread_environment()  # before any framework starts, here or in a worker
+    # TensorFlow (which Keras imports when it is installed) logs info lines at start; keep
+    # its warnings and errors only (what you set yourself wins)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         backend = _backend(args.backend)
     except ImportError as exc:
@@ -254,6 +324,9 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ngpreg demo: interrupted; no image written", file=sys.stderr)
         return 130
+    except RunFailed as exc:
+        print(f"\ngpreg demo: {exc}; no image written", file=sys.stderr)
+        return 1
     print(f"gallery written to {out} ({time.perf_counter() - t0:.0f} s in all)")
     return 0
 

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from gpreg import _worker, cli
+from gpreg._text import name_list
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -132,6 +133,27 @@ def test_end_to_end_with_repeats_zero_and_bad_arguments():
     assert "unknown fixture convolution; choose from linear, quadratic" in proc.stderr
     proc = run("--repeats", "-1")
     assert proc.returncode == 2 and "--repeats must be 0" in proc.stderr
+    proc = run("--frameworks", " , ")
+    assert proc.returncode == 2 and "no framework given" in proc.stderr
+
+
+def test_name_lists_are_stripped_and_deduplicated():
+    known = ["torch", "keras-jax"]
+    assert name_list(None, "framework", known) == known
+    assert name_list(" keras-jax,torch,keras-jax, ", "framework", known) == ["keras-jax", "torch"]
+    with pytest.raises(ValueError, match="unknown framework jax; choose from torch, keras-jax"):
+        name_list("torch,jax", "framework", known)
+    with pytest.raises(ValueError, match="no framework given in ','"):
+        name_list(",", "framework", known)
+
+
+def test_unreadable_worker_output_is_a_failed_path(monkeypatch):
+    class Done:
+        returncode, stdout, stderr = 0, "Loading weights...\n{", ""
+
+    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: Done())
+    out = cli._run_path("torch", ["float32"], ["r1"])
+    assert out["status"] == "failed" and "unreadable worker output" in out["reason"]
 
 
 def test_median_seconds_warms_up_and_takes_the_median(monkeypatch):

@@ -4,6 +4,7 @@ interrupted run leaves no image behind."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import io
@@ -12,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 
-from gpreg.demo import _data, _gallery
+from gpreg.demo import Progress, _data, _gallery
 from gpreg.demo._common import CHOICES, Run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -113,25 +115,94 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
     assert proc.returncode == 2 and "choose from torch, keras" in proc.stderr
     proc = demo("--data", "spiral", cwd=tmp_path)
     assert proc.returncode == 2 and "choose from ring, grid" in proc.stderr
-    assert not any(tmp_path.iterdir())
+    proc = demo("--penalties", ",", cwd=tmp_path)
+    assert proc.returncode == 2 and "no penalty given" in proc.stderr
+    proc = demo("--seed", "-1", cwd=tmp_path)
+    assert proc.returncode == 2 and "--seed must be 0 or more, got -1" in proc.stderr
+    for backend, message in (("numpy", "KERAS_BACKEND is 'numpy': set it to one of those"),
+                             ("bogus", "--backend keras needs Keras 3")):
+        if importlib.util.find_spec("keras") is None:
+            break
+        proc = demo("--backend", "keras", "--steps", "100000", cwd=tmp_path,
+                    env={"KERAS_BACKEND": backend})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert not any(p.suffix == ".png" for p in tmp_path.iterdir())
 
 
 def test_ctrl_c_leaves_no_image(tmp_path):
+    """SIGINT to the demo's process group, as a terminal's Ctrl-C sends it (the workers
+    ignore it; the parent stops them). The demo gets its own session with SIGINT at its
+    default, even when this test runs in a process that ignores it (a background job)."""
     proc = subprocess.Popen([sys.executable, "-m", "gpreg", "demo", "--steps", "100000",
                              "--penalties", "r1,r2", "--jobs", "2"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = ""
         while "|" not in line:  # the first progress bar: training has started
             line = proc.stderr.readline()
             assert line or proc.poll() is None, "the demo ended before training"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the demo and any worker left behind
     assert proc.returncode == 130 and "interrupted; no image written" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_failing_run_is_reported_and_stops_the_others():
+    """A run that raises (here: an unknown data set, raised inside each run) is a RunFailed
+    naming the penalty, in this process and from worker processes."""
+    from gpreg.demo import RunFailed, train_all
+    from gpreg.demo._common import Config
+
+    progress = Progress(["r1", "r2"], 5, stream=io.StringIO())
+    # in worker processes either run may be the first to fail
+    for jobs, first in ((1, "r1"), (2, "r[12]")):
+        with pytest.raises(RunFailed, match=f"the {first} run failed: ValueError: unknown data"):
+            train_all("torch", ["r1", "r2"], Config(data="spiral", steps=5), jobs, progress)
+
+
+def test_a_killed_worker_fails_the_run_instead_of_hanging():
+    """A worker that dies (killed, out of memory) breaks the pool: RunFailed, not a hang."""
+    import multiprocessing
+    import threading
+
+    from gpreg.demo import RunFailed, train_all
+    from gpreg.demo._common import Config
+
+    def kill_a_worker():
+        for _ in range(1200):
+            workers = multiprocessing.active_children()
+            if workers:
+                time.sleep(0.5)
+                os.kill(workers[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_a_worker, daemon=True).start()
+    progress = Progress(["r1", "r2"], 100_000, stream=io.StringIO())
+    with pytest.raises(RunFailed, match="BrokenProcessPool"):
+        train_all("torch", ["r1", "r2"], Config(steps=100_000), 2, progress)
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the other worker is terminated
+    assert not multiprocessing.active_children()
+
+
+def test_the_progress_line_fits_the_terminal(monkeypatch):
+    labels = list(CHOICES)
+    progress = Progress(labels, 800, stream=io.StringIO())
+    for i in range(len(labels)):
+        progress.done[i] = (400, 1.0)
+    monkeypatch.setenv("COLUMNS", "80")
+    line = progress.status_line(12.0)
+    assert len(line) < 80 and line.startswith("0/8 done, 12 s: wgan_gp 50%")
+    monkeypatch.setenv("COLUMNS", "400")
+    assert "wgan_gp |##########----------|" in progress.status_line(12.0)
 
 
 def test_the_image_is_written_atomically(tmp_path, monkeypatch):
