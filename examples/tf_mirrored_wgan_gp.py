@@ -24,7 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ.setdefault("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    raise SystemExit(f"tf_mirrored_wgan_gp.py: MirroredStrategy is TensorFlow's, so Keras must "
+                     f"run on TensorFlow; KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r}: "
+                     f"unset it or set it to tensorflow")
 
 import numpy as np
 import tensorflow as tf

@@ -34,6 +34,7 @@ def run_example(name: str, *args: str, backend: str | None = None) -> str:
 
 
 def finite_numbers(line: str) -> list[float]:
+    assert not re.search(r"\b(nan|inf)\b", line, flags=re.I), line
     values = [float(x) for x in re.findall(r"-?\d+\.\d+", line)]
     assert values and all(abs(v) < 1e6 for v in values), line
     return values
@@ -86,6 +87,10 @@ def test_tf_mirrored_strategy_scales_the_penalty_per_replica():
     check = next(ln for ln in out.splitlines() if ln.startswith("scaling check"))
     assert float(check.rsplit(" ", 1)[1]) < 1e-4
     finite_numbers(out.splitlines()[-1])
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "tf_mirrored_wgan_gp.py")],
+                          capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert proc.returncode != 0 and "KERAS_BACKEND is 'jax'" in proc.stderr
 
 
 # tests/keras/test_fit.py trains this example's model in-process on every backend; here it
