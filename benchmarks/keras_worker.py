@@ -309,9 +309,9 @@ def _thread_controls(backend: str, threads: int) -> dict[str, Any]:
         done: dict[str, Any] = {"requested": threads}
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         if threads == 1:
-            flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
-            done["xla_flags"] = os.environ["XLA_FLAGS"]
+            from gpreg._env import xla_one_thread
+
+            done["xla_flags"] = xla_one_thread()
         elif cores and threads < len(cores):
             os.sched_setaffinity(0, cores[:threads])
             done["affinity"] = cores[:threads]

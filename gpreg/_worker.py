@@ -63,12 +63,11 @@ def _one_thread(path: str) -> None:
     their spin-waiting makes calls up to a hundred times slower (a conv fixture: 2 ms on one
     thread, 176 ms on two while other jobs held the cores), which would drown the timings.
     One thread everywhere also puts every framework on equal terms."""
-    import os
 
     if path == "keras-jax":
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
-                                   "intra_op_parallelism_threads=1").strip()
+        from gpreg._env import xla_one_thread
+
+        xla_one_thread()
         return
     if path == "keras-tensorflow":
         try:

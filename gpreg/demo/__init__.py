@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from gpreg._env import xla_one_thread
 from gpreg._text import name_list, render_table
 from gpreg.demo._common import CHOICES, Config, Run
 from gpreg.demo._data import DATASETS, dataset, quality
@@ -122,64 +123,49 @@ def _cpu_count() -> int:
 
 # --- training every run, in this process or in a pool of worker processes -----------------
 class RunFailed(RuntimeError):
-    """One training run raised (or its worker process died); names the penalty."""
+    """One training run raised, or its worker process died; names the penalty."""
 
-    def __init__(self, penalty: str, exc: BaseException) -> None:
-        super().__init__(f"the {penalty} run failed: {type(exc).__name__}: {exc}")
+    def __init__(self, penalty: str, detail: str) -> None:
+        super().__init__(f"the {penalty} run failed: {detail}")
         self.penalty = penalty
 
 
-#: XLA's CPU client on one thread (JAX reads XLA_FLAGS once, when it starts)
-XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
 def one_thread_environment() -> None:
-    """Ask every framework a run may start for one intra-op thread, through the environment
-    (inherited by the worker processes): the torch and TensorFlow loops also set it in their
-    own process (``_torch.deterministic``, ``_keras._one_thread``); JAX only reads its flags
-    when it starts, so they go into ``XLA_FLAGS`` before anything imports it."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if XLA_ONE_THREAD not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {XLA_ONE_THREAD}".strip()
+    """Ask every framework a run may start for one intra-op thread: the torch and TensorFlow
+    loops set it in their own process (``_torch.deterministic``, ``_keras._one_thread``); JAX
+    reads its flags only when it starts, so they go into ``XLA_FLAGS`` (inherited by the
+    worker processes) before anything imports it."""
+    xla_one_thread()
 
 
-_QUEUE: Any = None
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
-def _init_worker(queue: Any) -> None:
-    global _QUEUE
-    _QUEUE = queue
+def _run_in_process(messages: Any, backend_name: str, runs: list[tuple[int, str]],
+                    cfg: Config) -> None:
+    """A worker process: its share of the runs, one after another, reported on ``messages``
+    as ``("progress", i, done, seconds)``, then ``("done", i, run)`` or ``("failed", i,
+    description)`` (after which it stops)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
-
-
-def _train_in_worker(backend_name: str, i: int, penalty: str, cfg: Config) -> Run:
-    backend = _backend(backend_name)
-    return backend.train(penalty, cfg, dataset(cfg.data),
-                         lambda done, seconds: _QUEUE.put((i, done, seconds)))
-
-
-def _stop_workers(pool: Any) -> None:
-    """End a process pool now: cancel what has not started, terminate what runs."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        return
-    # shutdown() forgets the worker processes, so take them first
-    workers = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in workers:
-        proc.terminate()
-    for proc in workers:
-        proc.join(timeout=10)
+    for i, penalty in runs:
+        try:
+            run = _backend(backend_name).train(
+                penalty, cfg, dataset(cfg.data),
+                lambda done, seconds, i=i: messages.put(("progress", i, done, seconds)))
+        except BaseException as exc:
+            messages.put(("failed", i, _describe(exc)))
+            return
+        messages.put(("done", i, run))
 
 
 def train_all(backend_name: str, penalties: list[str], cfg: Config, jobs: int,
               progress: Progress) -> list[Run]:
-    """One run per penalty; ``jobs`` > 1 trains that many at a time in worker processes (each
-    run is seeded on its own and single-threaded, so the results do not depend on ``jobs``).
-    A run that raises, or whose worker dies, raises :class:`RunFailed` as soon as it is
-    known; the other runs are stopped."""
+    """One run per penalty; ``jobs`` > 1 trains that many at a time in as many worker
+    processes, run ``i`` in worker ``i % jobs`` (each run is seeded on its own and
+    single-threaded, so the results do not depend on ``jobs``). A run that raises, or whose
+    worker process dies, raises :class:`RunFailed` as soon as it is known; the other runs
+    are stopped."""
     if jobs <= 1:
         backend = _backend(backend_name)
         runs = []
@@ -189,36 +175,58 @@ def train_all(backend_name: str, penalties: list[str], cfg: Config, jobs: int,
                     p, cfg, dataset(cfg.data),
                     lambda done, seconds, i=i: progress.update(i, done, seconds)))
             except Exception as exc:
-                raise RunFailed(p, exc) from exc
+                raise RunFailed(p, _describe(exc)) from exc
         return runs
     import multiprocessing as mp
     import queue as queue_module
-    from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked framework thread pools
     messages = ctx.Queue()
-    # a worker that dies (killed, out of memory) breaks the pool: its future raises
-    # BrokenProcessPool instead of waiting forever
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                               initargs=(messages,))
+    shares = [[(i, p) for i, p in enumerate(penalties) if i % jobs == k] for k in range(jobs)]
+    workers = [ctx.Process(target=_run_in_process, args=(messages, backend_name, share, cfg),
+                           daemon=True) for share in shares]
+    results: dict[int, Run] = {}
+
+    def handle(message: tuple[Any, ...]) -> None:
+        kind, i, *rest = message
+        if kind == "progress":
+            progress.update(i, *rest)
+        elif kind == "done":
+            results[i] = rest[0]
+            if i not in progress.finished:  # a last progress message may have been skipped
+                progress.update(i, cfg.steps, results[i].wall_s)
+        else:
+            raise RunFailed(penalties[i], rest[0])
+
+    def unfinished(k: int) -> list[int]:
+        return [i for i, _ in shares[k] if i not in results]
+
     try:
-        futures = [pool.submit(_train_in_worker, backend_name, i, p, cfg)
-                   for i, p in enumerate(penalties)]
-        while True:
+        for w in workers:
+            w.start()
+        while len(results) < len(penalties):
             with contextlib.suppress(queue_module.Empty):
-                progress.update(*messages.get(timeout=0.1))
-            for i, f in enumerate(futures):  # every time: progress messages never pause
-                if f.done() and f.exception() is not None:
-                    raise RunFailed(penalties[i], f.exception())
-            if all(f.done() for f in futures):
-                break
-        runs = [f.result() for f in futures]
-        for i, run in enumerate(runs):  # a last progress message may still be in flight
-            if i not in progress.finished:
-                progress.update(i, cfg.steps, run.wall_s)
-        return runs
+                handle(messages.get(timeout=0.1))
+            for k, w in enumerate(workers):
+                if w.is_alive() or not unfinished(k):
+                    continue
+                # an exited worker's last messages are already in the pipe, ahead of what
+                # the others send now: read on for a moment (they never pause)
+                deadline = time.monotonic() + 2.0
+                with contextlib.suppress(queue_module.Empty):
+                    while unfinished(k) and time.monotonic() < deadline:
+                        handle(messages.get(timeout=0.5))
+                if unfinished(k):
+                    raise RunFailed(penalties[unfinished(k)[0]], f"its worker process ended "
+                                                                 f"with exit code {w.exitcode}")
+        return [results[i] for i in range(len(penalties))]
     finally:
-        _stop_workers(pool)
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+        for w in workers:
+            if w.pid is not None:
+                w.join(timeout=10)
 
 
 def metrics_table(runs: list[Run], data_name: str) -> str:
