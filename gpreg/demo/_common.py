@@ -3,12 +3,16 @@ result of one training run (NumPy only)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gpreg._specs import BUILTIN_NAMES
+
+#: ``progress(steps_done, seconds)``, called by a backend after every generator step
+ProgressFn = Callable[[int, float], None]
 
 #: the runs ``gpreg demo`` can make: every built-in penalty and "none" (no penalty)
 CHOICES: tuple[str, ...] = (*BUILTIN_NAMES, "none")
@@ -104,3 +108,17 @@ class Batches:
 def interpolates(real: np.ndarray, fake: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """x̂ = α·real + (1 − α)·fake, as the interpolate penalties draw them."""
     return (alpha * real + (1 - alpha) * fake).astype(np.float32)
+
+
+def evaluate(penalty: str, cfg: Config, data: Any, generate: Callable[[np.ndarray], Any],
+             score: Callable[[np.ndarray], Any], grad_norms: Callable[[np.ndarray], Any],
+             wall_s: float, d_loss: float) -> Run:
+    """The evaluation every backend runs after training, on :func:`eval_arrays`:
+    ``generate(z)``, ``score(x)`` (the critic) and ``grad_norms(x)`` (‖∇ₓD‖ per sample) take
+    float32 NumPy arrays and return arrays NumPy can read."""
+    ev = eval_arrays(cfg, data)
+    samples = np.asarray(generate(ev["z"]), dtype=np.float32)
+    landscape = np.asarray(score(ev["grid"])).reshape(cfg.grid, cfg.grid)
+    norms = np.asarray(grad_norms(interpolates(ev["real"], samples, ev["alpha"])))
+    return Run(penalty=penalty, loss=loss_kind(penalty), samples=samples, real=ev["real"],
+               landscape=landscape, interp_norms=norms, wall_s=wall_s, d_loss=d_loss)

@@ -13,17 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gpreg.demo._common import (
-    Batches,
-    Config,
-    Run,
-    eval_arrays,
-    interpolates,
-    loss_kind,
-    penalty_term,
-)
+from gpreg.demo._common import Batches, Config, ProgressFn, Run, evaluate, loss_kind, penalty_term
 
-Progress = Callable[[int, float], None]
 keras: Any = None
 ops: Any = None
 gp: Any = None
@@ -204,7 +195,7 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(x))
 
 
-def train(penalty: str, cfg: Config, data: Any, progress: Progress) -> Run:
+def train(penalty: str, cfg: Config, data: Any, progress: ProgressFn) -> Run:
     """Train one GAN with ``penalty`` and evaluate it."""
     _load()
     backend = keras.backend.backend()
@@ -231,12 +222,10 @@ def train(penalty: str, cfg: Config, data: Any, progress: Progress) -> Run:
     finish()
     d_loss = float(_np(d_loss))  # waits for the last step (JAX dispatches asynchronously)
     wall = time.perf_counter() - t0
-    ev = eval_arrays(cfg, data)
-    samples = _np(gen(ops.convert_to_tensor(ev["z"]))).astype(np.float32)
-    landscape = _np(critic(ops.convert_to_tensor(ev["grid"])))[:, 0]
     evaluated = gp.stateless_critic(critic) if backend == "jax" else critic
-    points = ops.convert_to_tensor(interpolates(ev["real"], samples, ev["alpha"]))
-    norms = _np(gp.grad_norm(evaluated, points))
-    return Run(penalty=penalty, loss=loss_kind(penalty), samples=samples, real=ev["real"],
-               landscape=landscape.reshape(cfg.grid, cfg.grid), interp_norms=norms,
-               wall_s=wall, d_loss=d_loss)
+    return evaluate(
+        penalty, cfg, data,
+        generate=lambda z: _np(gen(ops.convert_to_tensor(z))),
+        score=lambda x: _np(critic(ops.convert_to_tensor(x)))[:, 0],
+        grad_norms=lambda x: _np(gp.grad_norm(evaluated, ops.convert_to_tensor(x))),
+        wall_s=wall, d_loss=d_loss)

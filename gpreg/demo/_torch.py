@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,17 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpreg_torch as gp
-from gpreg.demo._common import (
-    Batches,
-    Config,
-    Run,
-    eval_arrays,
-    interpolates,
-    loss_kind,
-    penalty_term,
-)
-
-Progress = Callable[[int, float], None]
+from gpreg.demo._common import Batches, Config, ProgressFn, Run, evaluate, loss_kind, penalty_term
 
 
 def versions() -> str:
@@ -68,7 +58,7 @@ def generator_loss(penalty: str, scores: torch.Tensor) -> torch.Tensor:
     return F.softplus(-scores).mean() if loss_kind(penalty) == "ns" else -scores.mean()
 
 
-def train(penalty: str, cfg: Config, data: Any, progress: Progress) -> Run:
+def train(penalty: str, cfg: Config, data: Any, progress: ProgressFn) -> Run:
     """Train one GAN with ``penalty`` and evaluate it."""
     with deterministic():
         torch.manual_seed(cfg.seed)  # the same initial networks for every penalty
@@ -95,13 +85,10 @@ def train(penalty: str, cfg: Config, data: Any, progress: Progress) -> Run:
             opt_g.step()
             progress(step + 1, time.perf_counter() - t0)
         wall = time.perf_counter() - t0
-        ev = eval_arrays(cfg, data)
         with torch.no_grad():
-            samples = gen_net(torch.from_numpy(ev["z"])).numpy()
-            landscape = critic(torch.from_numpy(ev["grid"])).squeeze(1).numpy()
-        points = torch.from_numpy(interpolates(ev["real"], samples, ev["alpha"]))
-        norms = gp.grad_norm(critic, points).detach().numpy()
-    return Run(penalty=penalty, loss=loss_kind(penalty), samples=samples, real=ev["real"],
-               landscape=landscape.reshape(cfg.grid, cfg.grid), interp_norms=norms,
-               wall_s=wall, d_loss=float(d_loss.detach()))
-
+            return evaluate(
+                penalty, cfg, data,
+                generate=lambda z: gen_net(torch.from_numpy(z)).numpy(),
+                score=lambda x: critic(torch.from_numpy(x)).squeeze(1).numpy(),
+                grad_norms=lambda x: gp.grad_norm(critic, torch.from_numpy(x)).numpy(),
+                wall_s=wall, d_loss=float(d_loss.detach()))
