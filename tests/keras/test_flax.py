@@ -171,6 +171,12 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def to_fixture(fixture: fixtures.Fixture, i: int, attr: str, grad: Any) -> np.ndarray:
+    """Layer ``i``'s gradient of parameter ``attr`` in the fixture's (PyTorch) layout."""
+    grad = _np(grad)
+    return grad if attr == "bias" else TO_FIXTURE[fixture.layers[i]["type"]](grad)
+
+
 # --- running a case the way Flax training code does -------------------------------------
 
 def run_nnx(fixture, case, dtype: str, jit: bool = False) -> dict[str, Any]:
@@ -183,9 +189,7 @@ def run_nnx(fixture, case, dtype: str, jit: bool = False) -> dict[str, Any]:
 
     vg = nnx.value_and_grad(loss)
     value, grads = (nnx.jit(vg) if jit else vg)(model, *args)
-    kinds = {i: s["type"] for i, s in enumerate(fixture.layers)}
-    got = {name: TO_FIXTURE.get(kinds[i], lambda a: a)(_np(grads["layers"][i][attr][...]))
-           if attr != "bias" else _np(grads["layers"][i][attr][...])
+    got = {name: to_fixture(fixture, i, attr, grads["layers"][i][attr][...])
            for name, i, attr in fixture_names(fixture)}
     return _report(model, fn, args, kwargs, case, dtype, value, got)
 
@@ -201,9 +205,7 @@ def run_linen(fixture, case, dtype: str, jit: bool = False) -> dict[str, Any]:
 
     vg = jax.value_and_grad(loss)
     value, grads = (jax.jit(vg) if jit else vg)(params, *args)
-    kinds = {i: s["type"] for i, s in enumerate(fixture.layers)}
-    got = {name: TO_FIXTURE[kinds[i]](_np(grads["params"][f"l{i}"][attr]))
-           if attr != "bias" else _np(grads["params"][f"l{i}"][attr])
+    got = {name: to_fixture(fixture, i, attr, grads["params"][f"l{i}"][attr])
            for name, i, attr in fixture_names(fixture)}
     return _report(lambda *x: module.apply(params, *x), fn, args, kwargs, case, dtype, value,
                    got)
@@ -249,7 +251,7 @@ def test_flax_critic_under_jit_in_float32(api, fixture, case):
 def test_a_key_per_step_draws_new_points_and_jit_equals_eager():
     """``seed=`` a JAX key, typed (``jax.random.key``) or raw (``PRNGKey``): under ``jax.jit``
     the same key gives the eager value, and a new key gives new interpolates."""
-    fixture = fixtures.load()[2]  # mlp_tanh
+    fixture = next(f for f in fixtures.load() if f.name == "mlp_tanh")
     module, params = LinenCritic(fixture.name, "float32"), linen_params(fixture, "float32")
     real, fake = (tensors(fixture.real, "float32")[0], tensors(fixture.fake, "float32")[0])
 
@@ -261,7 +263,6 @@ def test_a_key_per_step_draws_new_points_and_jit_equals_eager():
         assert_close(float(jitted(params, key)), float(penalty(params, key)), "float32")
     values = {float(jitted(params, k)) for k in jax.random.split(jax.random.key(0), 4)}
     assert len(values) == 4
-
 
 
 def test_a_module_that_updates_its_state_gets_the_fix_and_eval_mode_works():
