@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import io
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -81,6 +82,18 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     other = train_all("torch", ["r1"], Config(steps=3, seed=1), jobs=1,
                       progress=Progress(["r1"], 3, stream=io.StringIO()))
     assert other[0].samples.tolist() != runs[1].samples.tolist()  # another seed: other runs
+
+
+def test_workers_import_the_running_gpreg_from_any_folder(shadowed_folder):
+    """Run from a folder with a directory named gpreg, the demo's worker processes import the
+    gpreg that runs, as ``gpreg compare``'s do."""
+    work, start = shadowed_folder
+    proc = subprocess.run([sys.executable, *start, "demo", "--steps", "2", "--penalties",
+                           "r1,none", "--jobs", "2", "--out", "g.png"], capture_output=True,
+                          text=True, cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r[0] for r in metrics(proc.stdout)] == ["r1", "none"]
+    assert png_size(work / "g.png")[0] > 0
 
 
 @pytest.mark.parametrize(("out", "message"), [
@@ -248,21 +261,67 @@ def test_quality_metrics():
     assert _data.quality(grid.sample(rng, 2500), grid).modes_covered == 25
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_keras_backend(tmp_path, backend):
+TENSORFLOW_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
+
+
+@pytest.mark.parametrize(("backend", "jobs"), [("tensorflow", "1"), ("jax", "2"), ("torch", "1")])
+def test_keras_backend(tmp_path, backend, jobs):
     """``--backend keras`` on each Keras backend: a tf.function step, a jitted stateless step
-    and an eager torch step (two penalties, one drawing points with a seed)."""
+    and an eager torch step (two penalties, one drawing points with a seed), in this process
+    or in worker processes."""
     if not (importlib.util.find_spec("keras") and importlib.util.find_spec(backend)):
         pytest.skip(f"needs keras and {backend}")
-    proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1", "--jobs", "1",
-                "--out", "k.png", cwd=tmp_path,
-                env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1", "--jobs", jobs,
+                "--out", "k.png", cwd=tmp_path, env={"KERAS_BACKEND": backend})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Keras imports TensorFlow on every backend (when installed): none of its start-up log
+    # lines (oneDNN, CUDA drivers, "failed call to cuInit") reach the demo's output
+    assert not TENSORFLOW_LOG.search(proc.stderr), proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr and "cuInit" not in proc.stderr
     assert f"keras {importlib.metadata.version('keras')} on {backend}" in proc.stderr
     rows = metrics(proc.stdout)
     assert [r[:2] for r in rows] == [["dragan", "wgan"], ["r1", "ns"]]
     assert all(float(r[-1]) > 0 for r in rows)  # the mean gradient norm at interpolates
     assert png_size(tmp_path / "k.png")[0] > 0
+
+
+FILTER_SCRIPT = """
+import os, subprocess, sys
+from gpreg._env import tensorflow_logs_filtered
+lines = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796154720.331558    7662 port.cc:153] oneDNN custom operations are on.",
+    "W0000 00:00:1796154720.332436    7662 cudart_stub.cc:31] a warning",
+    "E0000 00:00:1796154743.358383    7744 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
+    "F0000 00:00:1796154743.358383    7744 check.cc:1] Check failed: a fatal line",
+    "an ordinary line",
+]
+with tensorflow_logs_filtered():
+    os.write(2, ("\\n".join(lines[:3]) + "\\n").encode())  # this process, at the C level
+    subprocess.run([sys.executable, "-c", "import os, sys; os.write(2, sys.argv[1].encode())",
+                    "\\n".join(lines[3:]) + "\\n"])  # a child process
+    print("from sys.stderr", file=sys.stderr)
+print("after the block", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("level", "kept"), [
+    (None, ["F0000", "an ordinary line"]),
+    ("2", ["E0000", "F0000", "an ordinary line"]),
+    ("0", ["WARNING: All", "I0000", "W0000", "E0000", "F0000", "an ordinary line"]),
+])
+def test_tensorflow_log_lines_are_filtered_by_level(level, kept):
+    """TF_CPP_MIN_LOG_LEVEL (3 when unset) applied to TensorFlow's log lines from this process
+    and its children; every other line passes, FATAL ones always."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    proc = subprocess.run([sys.executable, "-c", FILTER_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = [*kept, "from sys.stderr", "after the block"]
+    got = [next((k for k in expected if ln.startswith(k)), ln) for ln in proc.stderr.splitlines()]
+    assert sorted(got) == sorted(expected), proc.stderr  # the order between processes varies
 
 
 def test_the_demo_package_ships_in_the_wheel():
