@@ -248,7 +248,14 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    from gpreg import __version__
+
     parser = argparse.ArgumentParser(prog="gpreg", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"gpreg {__version__} from {Path(__file__).parent} "
+                                f"(Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "compare", help="check every installed framework against the fixtures",

@@ -15,14 +15,23 @@ SHADOWS = {
 }
 
 
+@pytest.fixture
+def launcher(tmp_path):
+    """A script that starts the gpreg command line as the installed ``gpreg`` script does: its
+    own folder, not the current one, leads ``sys.path``."""
+    path = tmp_path / "bin" / "gpreg-launcher.py"
+    path.parent.mkdir()
+    path.write_text("import sys\n\nfrom gpreg.cli import main\n\n"
+                    "if __name__ == '__main__':\n    sys.exit(main())\n")
+    return path
+
+
 @pytest.fixture(params=[("clone-folder", "script"), ("clone-folder", "python -m"),
                         ("same-name-package", "script")],  # python -m would import it itself
                 ids=lambda p: f"{p[0]}, {p[1]}")
-def shadowed_folder(request, tmp_path):
+def shadowed_folder(request, tmp_path, launcher):
     """``(folder, start)``: a current folder holding a directory named gpreg, and the arguments
-    of ``python`` that start the gpreg command line there: ``-m gpreg``, or a launcher script
-    that does what the installed ``gpreg`` script does (its own folder, not the current one,
-    leads ``sys.path``)."""
+    of ``python`` that start the gpreg command line there: ``-m gpreg`` or the launcher."""
     kind, how = request.param
     work = tmp_path / "work"
     for name, text in SHADOWS[kind].items():
@@ -30,8 +39,4 @@ def shadowed_folder(request, tmp_path):
         (work / name).write_text(text)
     if how == "python -m":
         return work, ["-m", "gpreg"]
-    launcher = tmp_path / "bin" / "gpreg-launcher.py"
-    launcher.parent.mkdir()
-    launcher.write_text("import sys\n\nfrom gpreg.cli import main\n\n"
-                        "if __name__ == '__main__':\n    sys.exit(main())\n")
     return work, [str(launcher)]
