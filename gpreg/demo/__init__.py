@@ -251,6 +251,12 @@ modes covered: modes holding at least 1/5 of a perfect generator's share of {n} 
   samples (WGAN-GP drives it towards 1); wall time: training, with any tracing/compiling.
 loss: wgan = E D(fake) − E D(real) (+ penalty), ns = non-saturating (softplus) GAN loss."""
 
+#: printed under the table when the runs include "none" (docs/choosing.md says more)
+NO_PENALTY_NOTE = """\
+none: on some seeds and backends the run without a penalty covers the modes as well as the
+  penalties, or better: which modes a short run reaches depends on the seed, while its critic's
+  ‖∇D‖ (hundreds to thousands: not Lipschitz) shows on every seed; docs/choosing.md explains."""
+
 
 def _fail(msg: str) -> int:
     print(f"gpreg demo: {msg}", file=sys.stderr)
@@ -334,7 +340,9 @@ def _train_and_draw(args: argparse.Namespace, penalties: list[str], jobs: int,
         runs = train_all(args.backend, penalties, cfg, jobs, Progress(penalties, cfg.steps))
         print(metrics_table(runs, cfg.data))
         print(LEGEND.format(n=cfg.eval_samples, std=data.std))
-        title = (f"gpreg demo: {cfg.data} data, {backend.versions()}, {cfg.steps} generator × "
+        if "none" in penalties:
+            print(NO_PENALTY_NOTE)
+        title = (f"gpreg demo: {cfg.data} data, {backend.versions()}\n{cfg.steps} generator × "
                  f"{cfg.n_critic} critic steps, batch {cfg.batch}, Adam lr {cfg.lr}, "
                  f"seed {cfg.seed}")
         write_gallery(runs, data, out, title)

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 
-from gpreg.demo import Progress, _data, _gallery
+from gpreg.demo import NO_PENALTY_NOTE, Progress, _data, _gallery
 from gpreg.demo._common import CHOICES, Run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +71,7 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     rows = metrics(proc.stdout)
     assert [r[0] for r in rows] == ["wgan_gp", "r1"] and [r[1] for r in rows] == ["wgan", "ns"]
     assert "3/3 steps" in proc.stderr and "2 at a time" in proc.stderr  # progress
+    assert NO_PENALTY_NOTE.splitlines()[0] not in proc.stdout  # no "none" run, no note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpreg-demo.png"]  # no temp files
     # the same seed again, in this process and one after the other: the same metrics
     from gpreg.demo import Progress, metrics_table, train_all
@@ -94,6 +95,7 @@ def test_workers_import_the_running_gpreg_from_any_folder(shadowed_folder):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r[0] for r in metrics(proc.stdout)] == ["r1", "none"]
     assert png_size(work / "g.png")[0] > 0
+    assert NO_PENALTY_NOTE in proc.stdout  # why "none" can score well, under the table
 
 
 @pytest.mark.parametrize(("out", "message"), [
@@ -218,10 +220,7 @@ def test_the_progress_line_fits_the_terminal(monkeypatch):
 def test_the_image_is_written_atomically(tmp_path, monkeypatch):
     """Interrupted while writing: neither the image nor the temporary file stays."""
     data = _data.dataset("ring")
-    rng = np.random.default_rng(0)
-    run = Run(penalty="r1", loss="ns", samples=data.sample(rng, 50), real=data.sample(rng, 50),
-              landscape=rng.normal(size=(8, 8)), interp_norms=rng.uniform(size=50),
-              wall_s=0.1, d_loss=0.0)
+    run = fake_run("r1", np.random.default_rng(1).uniform(size=50))
     target = tmp_path / "g.png"
     _gallery.write_gallery([run], data, target, "test")
     assert png_size(target)[0] > 0
@@ -237,6 +236,49 @@ def test_the_image_is_written_atomically(tmp_path, monkeypatch):
         _gallery.write_gallery([run], data, target, "test")
     assert target.read_bytes() == before  # the old image is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]
+
+
+def fake_run(penalty: str, norms: np.ndarray, seed: int = 0) -> Run:
+    data = _data.dataset("ring")
+    rng = np.random.default_rng(seed)
+    return Run(penalty=penalty, loss="wgan", samples=data.sample(rng, 50),
+               real=data.sample(rng, 50), landscape=rng.normal(size=(8, 8)),
+               interp_norms=norms, wall_s=0.1, d_loss=0.0)
+
+
+def test_the_histograms_show_every_norm_on_one_axis():
+    """Every positive finite norm of every run lies inside the shared histogram range (none
+    is clipped into an edge bin); zeros and NaN, which a log axis cannot show, are named."""
+    rng = np.random.default_rng(0)
+    wide = np.concatenate([rng.uniform(0.5, 2.0, 996), [3e-7, 2e-6, 8e4, 3e5]])
+    flat = np.concatenate([rng.uniform(1e-3, 2e-2, 98), [0.0, np.nan]])
+    runs = [fake_run("wgan_gp", wide), fake_run("r1", flat, 1)]
+    fig = _gallery._figure(runs, _data.dataset("ring"), "test")
+    hists = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert len(hists) == 2
+    for ax, run in zip(hists, runs):
+        shown = run.interp_norms[np.isfinite(run.interp_norms) & (run.interp_norms > 0)]
+        bars = ax.patches
+        left, right = bars[0].get_x(), bars[-1].get_x() + bars[-1].get_width()
+        assert left <= shown.min() and shown.max() <= right
+        assert sum(b.get_height() for b in bars) == shown.size
+        assert ax.get_xlim()[0] <= left and right <= ax.get_xlim()[1]
+    assert "(1 zero, 1 NaN/Inf not shown)" in hists[1].get_title()
+    assert "not shown" not in hists[0].get_title()
+
+
+def test_the_gallery_is_readable_at_the_docs_width():
+    """All eight runs of the default demo: scaled to a docs page's 700 px, the smallest text
+    of the gallery is still at least 9 px high (it was under 4 px with one column each)."""
+    import matplotlib.text
+
+    rng = np.random.default_rng(0)
+    runs = [fake_run(p, rng.uniform(0.1, 2.0, 100), i) for i, p in enumerate(CHOICES)]
+    fig = _gallery._figure(runs, _data.dataset("ring"), "a title\nof two lines")
+    width_px = fig.get_figwidth() * _gallery.DPI
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    smallest_pt = min(t.get_fontsize() for t in texts)
+    assert smallest_pt / 72 * _gallery.DPI * 700 / width_px >= 9
 
 
 def test_quality_metrics():
