@@ -247,15 +247,22 @@ def demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _version() -> str:
+    """``gpreg --version``: the version, where the running gpreg lies, the Python."""
     from pathlib import Path
 
-    from gpreg import __version__
+    try:
+        from gpreg import __version__ as version
+    except ImportError:  # `gpreg` is a folder of that name in the current one (python -m)
+        from importlib.metadata import version as distribution_version
 
+        version = distribution_version("gpreg")
+    return f"gpreg {version} from {Path(__file__).parent} (Python {sys.version.split()[0]})"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpreg", description=__doc__)
-    parser.add_argument("--version", action="version",
-                        version=f"gpreg {__version__} from {Path(__file__).parent} "
-                                f"(Python {sys.version.split()[0]})")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "compare", help="check every installed framework against the fixtures",

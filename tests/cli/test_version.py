@@ -27,6 +27,13 @@ def test_version(launcher):
         assert proc.stdout.startswith(f"gpreg {declared} from {Path(gpreg.__file__).parent} ")
 
 
+def test_version_from_a_folder_holding_a_directory_named_gpreg(shadowed_folder):
+    work, start = shadowed_folder
+    proc = subprocess.run([sys.executable, *start, "--version"], capture_output=True,
+                          text=True, cwd=work)
+    assert proc.returncode == 0 and proc.stdout.startswith("gpreg "), proc.stderr[-2000:]
+
+
 def test_the_demo_gallery_is_ignored_by_git():
     """``gpreg demo`` run in a clone writes gpreg-demo.png there: git ignores it."""
     from gpreg.demo import DEFAULT_OUT
