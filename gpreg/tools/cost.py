@@ -284,7 +284,8 @@ class CostReport:
             return f"{value / base:.2f}"
 
         def row(label: str, step: StepCost, ratio: Ratio, lazy: Sequence[str]) -> list[str]:
-            return [label, f"{step.ms:.3g}", f"{ratio['median']:.2f}",
+            return [label, f"{step.ms:.3g}" if step.ms < 100 else f"{step.ms:.0f}",
+                    f"{ratio['median']:.2f}",
                     f"({ratio['min']:.2f}–{ratio['max']:.2f})",
                     rel(step.flops, plain.flops), rel(step.memory_bytes, plain.memory_bytes),
                     *lazy]
@@ -377,7 +378,7 @@ def measure(
     do_sync = sync or (lambda: None)
     first: dict[str, float] = {}
     for name, fn in steps.items():
-        say(f"first call of the {name} step (tracing and compilation, where there are any)")
+        say(f"first call of the {name} step (under XLA: tracing and compiling it)")
         t0 = time.perf_counter()
         fn()
         do_sync()

@@ -271,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
             "warmup": 0 if args.quick else 1, "min_sample_s": 0.0 if args.quick else 0.05,
             "flops": not args.no_flops, "memory": not args.no_memory, "seed": args.seed,
             "progress": say}
-        say(f"{framework}, critic {args.critic}, batch {batch}")
+        say(f"{framework}: building the critic {args.critic} and a batch of {batch}")
         run = _torch_run if framework == "torch" else _keras_run
         report = run(args, spec, shape, options)
     except UsageError as exc:

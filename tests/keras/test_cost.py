@@ -107,8 +107,7 @@ def test_report_with_conditioning_leaves_the_model_unchanged():
     for p in report.penalties:
         assert set(p.lazy) == {4, 16} and p.reuse_saving is None
         assert p.ratio["min"] <= p.ratio["median"] <= p.ratio["max"]
-    if BACKEND != "tensorflow":  # TF's CPU allocator does not report blocks this small
-        assert report["r1"].memory_ratio > 0
+    assert report["r1"].memory_ratio > 1  # the penalty's buffers come on top
     text = report.summary()
     assert "PyTorch-only" in text and "gpreg_torch.cost" in text
     assert f"keras-{BACKEND}" in text and "reading: wgan_gp makes a critic step" in text

@@ -282,3 +282,57 @@ def test_hlo_count_reads_inline_operand_shapes():
     ])
     assert hlo.count(text) == hlo.HloFlops(dot=2 * 4 * 5 * 3, convolution=0, dots=1,
                                            convolutions=0)
+
+
+def test_hlo_peak_bytes_follows_the_schedule():
+    """a (64 B) and b (32 B) live together, then a dies; c (16 B) joins b; the outputs are
+    the tuple of c and b, which takes no buffer of its own: the peak is 96 bytes (112 if a
+    were never freed)."""
+    text = "\n".join([
+        "HloModule m, is_scheduled=true",
+        "",
+        "ENTRY %main (p: f32[16]) -> (f32[4], f32[8]) {",
+        "  %p = f32[16]{0} parameter(0)",
+        "  %a = f32[16]{0} negate(f32[16]{0} %p)",
+        "  %b = f32[8]{0} slice(%a), slice={[0:8]}",
+        "  %c = f32[4]{0} slice(%b), slice={[0:4]}",
+        "  ROOT %d = (f32[4]{0}, f32[8]{0}) tuple(%c, %b)",
+        "}",
+    ])
+    assert hlo.peak_bytes(text) == 96
+
+
+@needs_jax
+def test_hlo_peak_bytes_estimates_xla_buffer_assignment():
+    """The live-buffer peak of JAX's compiled conv-critic steps against the temporary and
+    output bytes of XLA's buffer assignment (memory_analysis): within 25% (12% seen)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 16, 16, 3)).astype("float32")
+    w1 = rng.standard_normal((4, 4, 3, 16)).astype("float32")
+    w2 = rng.standard_normal((4, 4, 16, 32)).astype("float32")
+
+    def critic(ws, x):
+        h = x
+        for w in ws:
+            h = jax.lax.conv_general_dilated(h, w, (2, 2), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            h = jax.nn.leaky_relu(h, 0.2)
+        return jnp.sum(h, axis=(1, 2, 3))
+
+    def plain(ws, x):
+        return jax.grad(lambda ws: jnp.mean(critic(ws, x)))(ws)
+
+    def penalized(ws, x):
+        def loss(ws):
+            g = jax.grad(lambda x: jnp.sum(critic(ws, x)))(x)
+            return jnp.mean(critic(ws, x)) + jnp.mean(jnp.sum(g * g, axis=(1, 2, 3)))
+        return jax.grad(loss)(ws)
+
+    for fn in (plain, penalized):
+        compiled = jax.jit(fn).lower([w1, w2], x).compile()
+        m = compiled.memory_analysis()
+        reference = m.temp_size_in_bytes + m.output_size_in_bytes
+        assert 0.75 * reference <= hlo.peak_bytes(compiled.as_text()) <= 1.25 * reference
