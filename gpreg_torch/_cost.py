@@ -223,8 +223,8 @@ def cost(
     device = str(real_parts[0].device)
     generator = torch.Generator(device=real_parts[0].device).manual_seed(seed)
 
-    def scores(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        raw = critic(*parts, *call.args, **call.kwargs)
+    def scores(parts: Sequence[torch.Tensor], module: Any = critic) -> torch.Tensor:
+        raw = module(*parts, *call.args, **call.kwargs)
         return raw if call.output is None and isinstance(raw, torch.Tensor) else (
             _call.pick_output(WHERE, raw, call.output, _core._is_tensor))
 
@@ -243,12 +243,13 @@ def cost(
 
     def reuse(name: str) -> Callable[[], torch.Tensor]:
         at_real = tc.data_roles(name) == ("real",)
+        module = _core._penalty_module(critic)  # a compiled critic has no double backward
 
         def loss() -> torch.Tensor:
             pts = tuple(p.detach().requires_grad_() for p in (
                 real_parts if at_real else fake_parts))
-            s = scores(pts)
-            other = scores(fake_parts if at_real else real_parts).mean()
+            s = scores(pts, module)
+            other = scores(fake_parts if at_real else real_parts, module).mean()
             adv = other - s.mean() if at_real else s.mean() - other
             return adv + from_scores(name, s, pts if len(pts) > 1 else pts[0])
         return loss

@@ -378,7 +378,8 @@ def measure(
     do_sync = sync or (lambda: None)
     first: dict[str, float] = {}
     for name, fn in steps.items():
-        say(f"first call of the {name} step (under XLA: tracing and compiling it)")
+        say(f"first call of the {name} step" + (
+            "" if info.mode == "eager" else f" (tracing and compiling it: {info.mode})"))
         t0 = time.perf_counter()
         fn()
         do_sync()
