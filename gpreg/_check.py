@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from gpreg import _validation as v
-from gpreg._call import Call, map_leaves
 from gpreg._report import CheckReport, CouplingCheck, GroupCheck, PenaltyCheck
 from gpreg._specs import BUILTIN_NAMES, PenaltySpec, get_spec
 
@@ -101,14 +100,6 @@ def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.ran
     return np.random.default_rng(a), np.random.default_rng(b), np.random.default_rng(c)
 
 
-def draws(rng: np.random.Generator, shapes: Sequence[tuple[int, ...]]) -> tuple[
-        np.ndarray, tuple[np.ndarray, ...]]:
-    """Fixed ``alpha`` (B,) and DRAGAN ``noise`` (one array per part), both U[0, 1)."""
-    alpha = rng.uniform(0.0, 1.0, size=(int(shapes[0][0]),))
-    noise = tuple(rng.uniform(0.0, 1.0, size=tuple(s)) for s in shapes)
-    return alpha, noise
-
-
 def perturbation(rng: np.random.Generator, parts: Sequence[np.ndarray], j: int,
                  dtype: str) -> tuple[np.ndarray, ...]:
     """The parts with sample ``j`` (only) moved by a small random step."""
@@ -120,11 +111,6 @@ def perturbation(rng: np.random.Generator, parts: Sequence[np.ndarray], j: int,
         q[j] = q[j] + rel * scale * rng.standard_normal(q[j].shape)
         out.append(q)
     return tuple(out)
-
-
-def coupled_samples(batch: int) -> tuple[int, ...]:
-    """The samples whose input the coupling test moves."""
-    return (0,) if batch < 3 else (0, batch - 1)
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -282,22 +268,13 @@ class Points:
 
     def penalty_args(self, spec: PenaltySpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The data arguments and the ``alpha``/``noise`` keywords of ``spec``'s penalty."""
-        def one(parts: tuple[Any, ...] | None) -> Any:
-            assert parts is not None
-            return parts[0] if len(parts) == 1 else parts
-
+        real, fake, noise = (p[0] if p and len(p) == 1 else p
+                             for p in (self.real, self.fake, self.noise))
         if spec.points == "interpolates":
-            return (one(self.real), one(self.fake)), {"alpha": self.alpha}
-        if spec.points == "fake":
-            return (one(self.fake),), {}
+            return (real, fake), {"alpha": self.alpha}
         if spec.points == "perturbed_real":
-            return (one(self.real),), {"alpha": self.alpha, "noise": one(self.noise)}
-        return (one(self.real),), {}
-
-
-def cast_call(call: Call, cast: Callable[[Any], Any]) -> Call:
-    """``call`` with ``cast`` applied to every leaf of its ``args`` and ``kwargs``."""
-    return Call(map_leaves(cast, call.args), map_leaves(cast, call.kwargs), call.output)
+            return (real,), {"alpha": self.alpha, "noise": noise}
+        return (fake if spec.points == "fake" else real,), {}
 
 
 def check_dtype(where: str, dtype: Any) -> None:
@@ -323,7 +300,8 @@ def run(where: str, framework: str, make: Callable[[str, list[PenaltySpec], Poin
     specs = resolve_penalties(where, penalties, fake is not None)
     settings(where, dtypes[0], directions, eps, rtol)  # bad values fail before any work
     r_pts, d_rng, c_rng = streams(seed)
-    alpha, noise = draws(r_pts, [a.shape for a in real])
+    alpha = r_pts.uniform(0.0, 1.0, size=(real[0].shape[0],))  # fixed alpha and DRAGAN noise
+    noise = tuple(r_pts.uniform(0.0, 1.0, size=a.shape) for a in real)
     pts = Points(tuple(real), None if fake is None else tuple(fake), alpha, noise)
     first: BaseException | None = None
     for dt in dtypes:
@@ -348,7 +326,7 @@ def run(where: str, framework: str, make: Callable[[str, list[PenaltySpec], Poin
     coupled = None
     if len(base_out) >= 2:
         moved = [(j, target.outputs(perturbation(c_rng, pts.real, j, dtype)))
-                 for j in coupled_samples(len(base_out))]
+                 for j in ((0,) if len(base_out) < 3 else (0, len(base_out) - 1))]
         coupled = coupling(base_out, moved, dtype, rtol)
     else:
         notes.append("one sample: sample coupling was not tested (pass at least 2)")

@@ -27,6 +27,7 @@ from gpreg._check import CheckReport, Points
 from gpreg._docs import render_check
 from gpreg._specs import PenaltySpec
 from gpreg_keras._calling import arrange
+from gpreg_keras._core import _check_seed, call_options
 from gpreg_keras._stateless import stateless_critic
 
 WHERE = "gpreg_keras.check_critic"
@@ -46,21 +47,11 @@ def _tensor(x: Any, dtype: str) -> Any:
 
 
 def _seed(seed: Any) -> int:
-    if seed is None:
-        return 0
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return int(seed) & 0x7FFFFFFF
-    if isinstance(seed, keras.random.SeedGenerator):
-        return int(_np(keras.random.randint((), 0, 2**31 - 1, seed=seed)))
-    if _backend() == "jax":
-        import jax
-
-        try:
-            return int(jax.random.randint(seed, (), 0, 2**31 - 1))
-        except (TypeError, ValueError):
-            pass
-    raise TypeError(f"{WHERE}: seed must be None, an int, a keras.random.SeedGenerator or (on "
-                    f"JAX) a key; got {type(seed).__name__}.")
+    """An int seed for the check's NumPy draws (a SeedGenerator or a JAX key draws one)."""
+    _check_seed(WHERE, seed)
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return int(seed or 0) & 0x7FFFFFFF
+    return int(_np(keras.random.randint((), 0, 2**31 - 1, seed=seed)))
 
 
 def _parts(role: str, x: Any) -> tuple[np.ndarray, ...]:
@@ -203,7 +194,7 @@ class _Target:
                 return x
             return _tensor(_np(x), dtype)
 
-        return core.cast_call(call, cast)
+        return call.map(cast)
 
     def _critic(self, tv: list[Any]) -> Any:
         if not self.keras2:
@@ -337,8 +328,6 @@ def check_critic(
     training: bool | None = None,
     seed: Any = None,
 ) -> CheckReport:
-    from gpreg_keras._core import call_options
-
     source = _source(critic)
     backend = _backend()
     core.check_dtype(WHERE, dtype)

@@ -74,7 +74,7 @@ class _Target:
         self.dtype, self.specs, self.seed, self.notes = dtype, specs, seed, []
         self.tensor = lambda a: torch.tensor(a, dtype=dt, device=device)
         self.pts = pts.map(self.tensor)
-        self.call = core.cast_call(call, lambda x: x.to(dt) if isinstance(
+        self.call = call.map(lambda x: x.to(dt) if isinstance(
             x, torch.Tensor) and x.is_floating_point() else x)
         self.devices = [device.index or 0] if device.type == "cuda" else []
         self.params = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
@@ -119,22 +119,22 @@ class _Target:
             output=c.output, **kw))
 
     def values(self, k: int | None, theta: np.ndarray | None) -> np.ndarray:
+        def value(spec: PenaltySpec) -> float:
+            try:
+                return float(self._penalty(spec, create_graph=False).detach())
+            except Exception:
+                return float("nan")
+
         p = None if k is None else self.params[k][1]
         saved = None if p is None else p.detach().clone()
+        with torch.no_grad():
+            if p is not None:
+                p.copy_(torch.as_tensor(theta, dtype=p.dtype, device=p.device))
         try:
-            if p is not None:
-                with torch.no_grad():
-                    p.copy_(torch.as_tensor(theta, dtype=p.dtype, device=p.device))
-            out = []
-            for spec in self.specs:
-                try:
-                    out.append(float(self._penalty(spec, create_graph=False).detach()))
-                except Exception:
-                    out.append(float("nan"))
-            return np.asarray(out, dtype=np.float64)
+            return np.asarray([value(s) for s in self.specs], dtype=np.float64)
         finally:
-            if p is not None:
-                with torch.no_grad():
+            with torch.no_grad():
+                if p is not None:
                     p.copy_(saved)
 
     def gradients(self) -> tuple[np.ndarray, list[list[np.ndarray] | str]]:

@@ -163,6 +163,44 @@ def test_conditional_and_dict_output_critics_through_args_and_output():
     assert through.ok and through.groups == report.groups, through.summary()
 
 
+class StyleCond(keras.Model):
+    """D(img, c) with a float conditioning vector c and a dict output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.lin, self.proj = dense(1, 6), dense(1, 7)
+
+    def call(self, img, c):
+        return {"adv": keras.ops.tanh(self.lin(img))[:, 0] * self.proj(c)[:, 0],
+                "aux": keras.ops.sum(c, axis=1)}
+
+
+def test_check_finite_through_args_and_output():
+    """check_finite names the sample whose score a non-finite row of args made non-finite,
+    and the sample whose point is non-finite (JAX: through stateless_critic)."""
+    model = StyleCond()
+    c = RNG.normal(size=(6, 2)).astype("float32")
+    model(REAL.astype("float32"), c)
+    critic = gp.stateless_critic(model) if BACKEND == "jax" else model
+    t = keras.ops.convert_to_tensor
+    real, fake, alpha = t(REAL, "float32"), t(FAKE, "float32"), t(np.linspace(0.1, 0.9, 6))
+    kw = {"args": (t(c),), "output": "adv", "alpha": keras.ops.cast(alpha, "float32")}
+    plain = gp.wgan_gp(critic, real, fake, **kw)
+    checked = gp.wgan_gp(critic, real, fake, check_finite=True, **kw)
+    assert float(keras.ops.convert_to_numpy(plain)) == float(keras.ops.convert_to_numpy(checked))
+    bad_c = c.copy()
+    bad_c[4, 1] = np.nan
+    with pytest.raises(FloatingPointError, match=r"output is not finite .*sample\(s\) 4\."):
+        gp.wgan_gp(critic, real, fake, check_finite=True, **{**kw, "args": (t(bad_c),)})
+    bad_real = REAL.astype("float32")
+    bad_real[2, 0] = np.inf
+    with pytest.raises(FloatingPointError, match=r"evaluation point .*sample\(s\) 2\."):
+        gp.r1(critic, t(bad_real), args=(t(c),), output="adv", check_finite=True)
+    report = check_critic(model, REAL, FAKE, args=(c,), output="adv", penalties=["r1"],
+                          directions=1)
+    assert report.ok, report.summary()
+
+
 def test_a_conditional_batchnorm_critic_reports_coupling_through_args():
     model = keras.Sequential([keras.Input((3,)), dense(8, 1), layers.BatchNormalization(),
                               layers.Activation("tanh"), dense(1, 2)])
@@ -391,6 +429,23 @@ if ON_TF:
         w1, w2 = (v.path for v in layer.trainable_variables)
         assert not flagged.ok and flagged.errors["r1"][w1] > 1e-3
         assert flagged.errors["r1"][w2] < 1e-9
+
+    class Float32Inside(keras.layers.Layer):
+        """A float32 constant made inside call: the float64 copy fails (TensorFlow does not
+        promote), so the check falls back to float32."""
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(3, 1), initializer=keras.initializers.Ones())
+
+        def call(self, x):
+            return keras.ops.tanh(x @ self.w + x @ tf.ones((3, 1), tf.float32))
+
+    def test_a_critic_that_fails_in_float64_is_checked_in_float32():
+        layer = Float32Inside()
+        layer(REAL.astype("float32"))
+        report = check_critic(layer, REAL, FAKE, penalties=["wgan_gp"])
+        assert report.dtype == "float32" and report.ok, report.summary()
+        assert report.rtol == 5e-3 and "in float64" in report.notes[0]  # the build call fails
 
     def test_spectral_normalization_in_training_mode_projects_by_assignment():
         """Keras's SpectralNormalization, when training, assigns the normalized kernel to the

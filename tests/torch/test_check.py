@@ -223,6 +223,41 @@ def test_conditional_critic_findings_through_args():
     assert coupled.coupling.coupled and "BatchNorm in training mode" in coupled.summary()
 
 
+class StyleCond(nn.Module):
+    """D(img, c) with a float conditioning vector c and a dict output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.proj = nn.Linear(3, 1), nn.Linear(2, 1)
+
+    def forward(self, img, c):
+        return {"adv": torch.tanh(self.lin(img)).squeeze(1) * self.proj(c).squeeze(1),
+                "aux": c.sum(1)}
+
+
+def test_check_finite_through_args_and_output():
+    """check_finite names the sample whose score a non-finite row of args made non-finite,
+    and the sample whose point is non-finite; the dict's other entries are not its business."""
+    real, fake = data()
+    c = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    critic, alpha = StyleCond(), torch.linspace(0.1, 0.9, 6)
+    kw = {"args": (c,), "output": "adv", "alpha": alpha}
+    plain = gp.wgan_gp(critic, real, fake, **kw)
+    assert torch.equal(plain, gp.wgan_gp(critic, real, fake, check_finite=True, **kw))
+    bad_c = c.clone()
+    bad_c[4, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"output is not finite .*sample\(s\) 4\."):
+        gp.wgan_gp(critic, real, fake, check_finite=True, **{**kw, "args": (bad_c,)})
+    assert torch.isnan(gp.wgan_gp(critic, real, fake, **{**kw, "args": (bad_c,)}))
+    bad_real = real.clone()
+    bad_real[2, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"evaluation point .*sample\(s\) 2\."):
+        gp.r1(critic, bad_real, args=(c,), output="adv", check_finite=True)
+    report = check_critic(critic, real, fake, args=(c,), output="adv", penalties=["wgan_gp"])
+    assert report.ok, report.summary()
+
+
 def state(module):
     return {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}
 
