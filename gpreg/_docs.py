@@ -7,6 +7,8 @@ Each adapter fills ``<<example>>`` (a runnable example in its framework), ``<<rn
 
 from __future__ import annotations
 
+import textwrap
+
 COMMON = (
     "The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one\n"
     "    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional\n"
@@ -374,8 +376,8 @@ CHECK_CRITIC = r"""Check that gpreg's penalties differentiate correctly through 
 
     Returns:
         CheckReport: (``gpreg.CheckReport``) ``ok``, ``errors`` (``{penalty: {group:
-        relative error}}``), ``coupling``, ``nonfinite``, ``failures()`` and ``summary()``
-        (also ``str(report)``).
+            relative error}}``), ``coupling``, ``nonfinite``, ``failures()`` and
+            ``summary()`` (also ``str(report)``).
 
     Raises:
         TypeError: ``critic`` is not <<model>>, or the data are not <<data_kind>>.
@@ -438,12 +440,40 @@ CHECK_FILLS: dict[str, dict[str, str]] = {
 }
 
 
+def _reflow(doc: str, width: int = 96) -> str:
+    """Paragraphs (indent 4) and Args/Raises entries (indent 8, continued at 12) re-wrapped."""
+    out: list[str] = []
+    block: list[str] = []
+    indent = 0
+
+    def flush() -> None:
+        if block:
+            out.extend(textwrap.wrap(" ".join(block), width, initial_indent=" " * indent,
+                                     subsequent_indent=" " * (indent + (4 if indent == 8 else 0)),
+                                     break_on_hyphens=False, break_long_words=False))
+            block.clear()
+
+    for line in doc.splitlines():
+        text, ind = line.strip(), len(line) - len(line.lstrip())
+        if not text or ind == 0 or (text.endswith(":") and " " not in text):
+            flush()
+            out.append(line)
+            continue
+        if ind == 8 or (ind == 4 and indent != 4):
+            flush()
+            indent = ind
+        block.append(text)
+    flush()
+    return "\n".join(out)
+
+
 def render_check(framework: str, example: str) -> str:
     """The docstring of ``check_critic`` for ``framework`` (``"torch"`` or ``"keras"``)."""
-    doc = CHECK_CRITIC.replace("<<example>>", example.rstrip("\n"))
+    doc = CHECK_CRITIC
     for key, text in CHECK_FILLS[framework].items():
         doc = doc.replace(f"<<{key}>>", text)
-    return doc
+    return _reflow(doc).replace("<<example>>", example.rstrip("\n"))
+
 
 def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
     """The docstring of public function ``name`` for one adapter.

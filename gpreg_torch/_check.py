@@ -176,9 +176,9 @@ def _copy(critic: Any) -> nn.Module:
     if not callable(critic):
         raise TypeError(f"{WHERE}: critic must be callable (an nn.Module); got "
                         f"{type(critic).__name__}.")
-    if isinstance(critic, nn.parallel.DistributedDataParallel):
-        critic = critic.module
-    critic = _core._penalty_module(critic)
+    for _ in range(2):  # DDP(torch.compile(m)) or torch.compile(DDP(m))
+        ddp = isinstance(critic, nn.parallel.DistributedDataParallel)
+        critic = _core._penalty_module(critic.module if ddp else critic)
     if not isinstance(critic, nn.Module):
         raise v.check_needs_model(WHERE, critic, "the nn.Module itself (or its DDP or "
                                                  "torch.compile wrapper)")

@@ -278,6 +278,25 @@ def test_a_batchnorm_critic_with_args_is_never_run_nor_changed():
     assert torch.equal(rng, torch.get_rng_state())
 
 
+def test_a_ddp_critic_is_checked_through_its_module(tmp_path):
+    """One gloo process: the check copies DDP's inner module and leaves the wrapped one as
+    it was (a DDP forward would also broadcast buffers and prepare a reduction)."""
+    import torch.distributed as dist
+
+    real, fake = data()
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        critic = Conditional(nn.BatchNorm1d(8))
+        before = state(critic)
+        ddp = nn.parallel.DistributedDataParallel(critic)
+        report = check_critic(ddp, real, fake, args=(LABELS,), penalties="r1", training=False)
+        assert report.ok and report.groups[0] == "a.weight", report.summary()
+        assert all(torch.equal(before[k], v) for k, v in state(critic).items())
+    finally:
+        dist.destroy_process_group()
+
+
 def test_functions_are_refused_with_the_way_to_pass_the_module():
     """A closure over a trainer's module used to run ~25 forwards on the user's module itself
     (BatchNorm's counter 0 -> 79 here, running mean moved): now it is refused, untouched."""
