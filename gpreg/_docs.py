@@ -7,6 +7,7 @@ Each adapter fills ``<<example>>`` (a runnable example in its framework), ``<<rn
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 COMMON = (
@@ -447,10 +448,12 @@ def _reflow(doc: str, width: int = 96) -> str:
     indent = 0
 
     def flush() -> None:
-        if block:
-            out.extend(textwrap.wrap(" ".join(block), width, initial_indent=" " * indent,
-                                     subsequent_indent=" " * (indent + (4 if indent == 8 else 0)),
-                                     break_on_hyphens=False, break_long_words=False))
+        if block:  # (no line break inside an inline literal: its spaces are held back)
+            text = re.sub(r"``.*?``", lambda m: m.group().replace(" ", "\0"), " ".join(block))
+            out.extend(line.replace("\0", " ") for line in textwrap.wrap(
+                text, width, initial_indent=" " * indent, break_on_hyphens=False,
+                subsequent_indent=" " * (indent + (4 if indent == 8 else 0)),
+                break_long_words=False))
             block.clear()
 
     for line in doc.splitlines():

@@ -175,8 +175,8 @@ class _Target:
             if training is not None:
                 self.call = Call(self.call.args, {**self.call.kwargs, "training": self.train},
                                  self.call.output)
-            names = {type(m).__name__ for m in getattr(model, "submodules", ())}
-            if dtype == "float64" and names & {"LayerNormalization", "BatchNormalization"}:
+            kinds = {type(m).__name__ for m in getattr(model, "submodules", ())}
+            if dtype == "float64" and kinds & {"LayerNormalization", "BatchNormalization"}:
                 self.notes.append(
                     "tf-keras's LayerNormalization and BatchNormalization run a fused kernel "
                     "(exact) in float32 and tf.nn.moments otherwise: check with "
