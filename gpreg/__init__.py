@@ -5,8 +5,8 @@ This core package imports NumPy only. The framework functions live in ``gpreg_to
 registry, the formulas, the evaluation points, the input checks and the numerical fixtures.
 """
 
-from gpreg._check import CheckReport
 from gpreg._lazy import LazyRegularization
+from gpreg._report import CheckReport
 from gpreg._specs import (
     BUILTIN_NAMES,
     ENTRY_POINT_GROUP,

@@ -255,3 +255,54 @@ def check_global_batch_size(where: str, reduction: str, global_batch_size: objec
             f"reduction='mean'; got reduction={reduction!r}."
         )
     return global_batch_size
+
+
+def check_needs_model(where: str, critic: object, accepted: str) -> TypeError:
+    """``check_critic`` was given a function (a closure, a partial, a lambda) or another
+    callable that is not a model: it could hide models that the check would run and change."""
+    kind = "a lambda" if getattr(critic, "__name__", "") == "<lambda>" else (
+        f"{_article(type(critic).__name__)} {type(critic).__name__}")
+    return TypeError(
+        f"{where}: the critic must be {accepted}; got {kind}. The check runs on a copy of the "
+        f"model so that yours is never run nor changed, and a function can hide models that "
+        f"it would run instead (their BatchNorm statistics, counters and random state would "
+        f"move). Pass the model and its call options, as the penalties take them: "
+        f"check_critic(D, real, fake, args=(labels,)) for lambda x: D(x, labels); "
+        f"kwargs={{...}} for keyword arguments; output='score' (a key, an index or a callable) "
+        f"for a critic that returns a tuple or dict."
+    )
+
+
+# --- errors raised by double backprop, with their known causes --------------------
+
+_HINTS: tuple[tuple[str, str], ...] = (
+    ("once_differentiable",
+     "a custom autograd Function marked @once_differentiable sits in the critic; its backward "
+     "cannot be differentiated again, so no gradient penalty can reach the parameters through "
+     "it. Write its backward with differentiable torch operations and drop the decorator, or "
+     "keep the Function out of the critic."),
+    ("does not currently support double backward",
+     "torch.compile (aot_autograd) has no double backward: compute the penalty through the "
+     "uncompiled module (compiled._orig_mod)."),
+    ("_scaled_dot_product_",
+     "fused attention kernels have no double backward: compute the penalty under "
+     "torch.nn.attention.sdpa_kernel(SDPBackend.MATH)."),
+    ("CuDNN RNN",
+     "cuDNN RNNs have no double backward: disable cuDNN for the penalty pass "
+     "(torch.backends.cudnn.flags(enabled=False))."),
+    ("cudnnRNN",
+     "cuDNN RNNs have no higher-order gradient: build the recurrent layers with "
+     "use_cudnn=False."),
+    ("is not implemented",
+     "an operation in the critic has no double backward in this framework; the penalty cannot "
+     "be differentiated through it."),
+)
+
+
+def explain(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception raised by double backprop, with a hint if known."""
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    for needle, hint in _HINTS:
+        if needle in str(exc):
+            return f"{text} -- {hint}"
+    return text
