@@ -209,7 +209,8 @@ if BACKEND == "tensorflow":
                                      tf_keras.layers.BatchNormalization(name="tfk_bn"),
                                      tf_keras.layers.Dense(1)])
         x = tf.random.normal((B, D))
-        caught = bn_warnings(lambda: gp.r1(model, x))
+        assert not bn_warnings(lambda: gp.r1(model, x, kwargs={"training": False}))
+        caught = bn_warnings(lambda: gp.r1(model, x, kwargs={"training": True}))
         assert len(caught) == 1 and "tfk_bn" in str(caught[0].message)
         plain = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(D,))])
         assert not bn_warnings(lambda: gp.r1(plain, x))
