@@ -354,7 +354,7 @@ if BACKEND == "tensorflow":
         w = tf.Variable(tf.ones((3, 1)))
 
         def critic(x):  # a tensor `if` and a `for ... in tf.range`: AutoGraph's job
-            if tf.reduce_sum(x) > 0:
+            if tf.reduce_sum(x) > 0:  # noqa: SIM108 (the statement form is the point)
                 h = x @ w
             else:
                 h = -(x @ w)

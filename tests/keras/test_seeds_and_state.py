@@ -199,7 +199,7 @@ def test_batchnorm_moving_statistics_update_alike_on_every_backend():
                          + gp.wgan_gp(D, real, fake, alpha=alpha, kwargs=train))
                 return value, D.non_trainable_values
 
-            (_, new_ntv), grads = jax.value_and_grad(loss, has_aux=True)(tv)
+            (_, new_ntv), _ = jax.value_and_grad(loss, has_aux=True)(tv)
             return new_ntv
 
         for _ in range(2):
