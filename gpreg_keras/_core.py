@@ -158,10 +158,21 @@ def _jit_tracing() -> bool:
     """Whether this call is being staged into a compiled function (``jax.jit`` or
     ``tf.function``), where a Python value is frozen into the trace."""
     if backend() == "jax":
-        import jax
-        import jax.numpy as jnp
+        try:  # the trace stack, read directly (0.2 µs; staging a constant costs ~100 µs)
+            from jax._src import core as jcore
+            from jax._src.interpreters import partial_eval as pe
 
-        return isinstance(jnp.zeros(()), jax.core.Tracer)
+            trace = jcore.trace_ctx.trace
+            while trace is not None:
+                if isinstance(trace, pe.DynamicJaxprTrace):
+                    return True
+                trace = getattr(trace, "parent_trace", None)
+            return False
+        except (ImportError, AttributeError):  # pragma: no cover - other JAX versions
+            import jax
+            import jax.numpy as jnp
+
+            return isinstance(jnp.zeros(()), jax.core.Tracer)
     if backend() == "tensorflow":
         import tensorflow as tf
 

@@ -69,35 +69,72 @@ def assert_matches(value, grads, ref_value, ref_grads, dtype):
 
 
 if BACKEND == "tensorflow":
-    import tensorflow as tf
+    import json
+    import os
+    import subprocess
+    import textwrap
+
+    HERE = Path(__file__).resolve().parent
+
+    @pytest.fixture(scope="module")
+    def mirrored(tmp_path_factory):
+        """Every penalty over 2 replicas, summed as Keras's optimizers sum (values and
+        gradients), and the start weights. In a process of its own: TensorFlow keys its
+        collective ops per strategy, and a second strategy in one process whose all-reduces
+        have another dtype aborts ("Collective instance 100 expected type ...")."""
+        out = tmp_path_factory.mktemp("mirrored") / "result.json"
+        script = textwrap.dedent(f"""
+            import json, sys
+            sys.path[:0] = [{str(HERE)!r}, {str(HERE.parents[1])!r}]
+            import conftest  # two logical CPUs, before anything else of TensorFlow
+            import tensorflow as tf
+            import gpreg_keras as gp
+            import test_data_parallel as t
+
+            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+            with strategy.scope():
+                model = t.model_fn("float64")
+            result = {{"weights": [v.numpy().tolist() for v in model.trainable_variables]}}
+            for name in t.BUILTIN_NAMES:
+                kw = {{"global_batch_size": t.B}} if name in t.MEAN else {{}}
+                fn = gp.get_penalty(name)
+
+                def replica(real, fake, alpha, noise):
+                    args, extra = t.arguments(name, real, fake, alpha, noise)
+                    with tf.GradientTape() as tape:
+                        value = fn(model, *args, **extra, **kw)
+                    grads = tape.gradient(value, model.trainable_variables)
+                    return value, [tf.zeros_like(v) if g is None else g
+                                   for g, v in zip(grads, model.trainable_variables)]
+
+                data = tf.data.Dataset.from_tensor_slices(
+                    (t.REAL, t.FAKE, t.ALPHA, t.NOISE)).batch(t.B)
+                for batch in strategy.experimental_distribute_dataset(data):
+                    value, grads = tf.function(
+                        lambda *b: strategy.run(replica, args=b))(*batch)
+                    result[name] = [float(strategy.reduce("SUM", value, axis=None)),
+                                    [strategy.reduce("SUM", g, axis=None).numpy().tolist()
+                                     for g in grads]]
+            with open({str(out)!r}, "w") as f:
+                json.dump(result, f)
+        """)
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=600,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(out.read_text())
 
     @pytest.mark.parametrize("name", BUILTIN_NAMES)
-    def test_mirrored_strategy_equals_one_device_for_every_penalty(name):
+    def test_mirrored_strategy_equals_one_device_for_every_penalty(mirrored, name):
         """Issue 14.7: under MirroredStrategy max_gp applied the sum of the per-replica maxima
         and DRAGAN used each replica's σ. Now each replica returns its share (summed over the
         replicas, as Keras's optimizers sum gradients: the one-device value and gradient);
         the mean penalties with global_batch_size as before."""
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
-            model = model_fn("float64")
-        kw = {"global_batch_size": B} if name in MEAN else {}
-        fn = gp.get_penalty(name)
-
-        def replica(real, fake, alpha, noise):
-            args, extra = arguments(name, real, fake, alpha, noise)
-            with tf.GradientTape() as tape:
-                value = fn(model, *args, **extra, **kw)
-            grads = tape.gradient(value, model.trainable_variables)
-            return value, [tf.zeros_like(v) if g is None else g
-                           for g, v in zip(grads, model.trainable_variables)]
-
-        data = tf.data.Dataset.from_tensor_slices((REAL, FAKE, ALPHA, NOISE)).batch(B)
-        for batch in strategy.experimental_distribute_dataset(data):
-            value, grads = tf.function(lambda *b: strategy.run(replica, args=b))(*batch)
-            total = float(strategy.reduce("SUM", value, axis=None))
-            summed = [strategy.reduce("SUM", g, axis=None).numpy() for g in grads]
+        model = model_fn("float64")
+        model.set_weights([np.asarray(w) for w in mirrored["weights"]])
         ref_value, ref_grads = reference(model, name)
-        assert_matches(total, summed, ref_value, ref_grads, "float64")
+        value, grads = mirrored[name]
+        assert_matches(value, [np.asarray(g) for g in grads], ref_value, ref_grads, "float64")
 
 
 if BACKEND == "jax":

@@ -299,7 +299,8 @@ if BACKEND == "tensorflow":
         a watchdog, and its gradients equal the hand-written nested tape's."""
         out = tmp_path / "grads.json"
         script = textwrap.dedent(f"""
-            import json, os
+            import json, os, sys
+            sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
             os.environ["KERAS_BACKEND"] = "tensorflow"
             import numpy as np, tensorflow as tf
             cpus = tf.config.list_physical_devices("CPU")
