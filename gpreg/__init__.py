@@ -19,7 +19,7 @@ from gpreg._specs import (
     register_penalty,
 )
 from gpreg._tolerances import TOLERANCES
-from gpreg._validation import BatchNormWarning
+from gpreg._validation import BatchNormWarning, FixedSeedWarning, InexactStatisticsWarning
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,8 @@ __all__ = [
     "TOLERANCES",
     "BatchNormWarning",
     "CheckReport",
+    "FixedSeedWarning",
+    "InexactStatisticsWarning",
     "LazyRegularization",
     "PenaltySpec",
     "Shape",

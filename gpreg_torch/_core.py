@@ -17,6 +17,7 @@ from gpreg import _call, _math, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
 from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+from gpreg_torch import _dist
 from gpreg_torch import _ops as xp
 
 Tensor = torch.Tensor
@@ -338,7 +339,11 @@ def _finish(
             _finite(where, "an evaluation point (from real/fake)", p)
         _finite(where, "the critic's output", out)
         _finite(where, "the input gradient", norms.reshape(-1, 1))
-    value = apply_shape(where, norms, shape, **kw)
+    if anchor is not None and kw.get("reduction") == "max" and _dist.active():
+        # DDP: the maximum over every rank's samples (gpreg_torch._dist)
+        value = _dist.global_max(apply_shape(where, norms, shape, **{**kw, "reduction": "none"}))
+    else:
+        value = apply_shape(where, norms, shape, **kw)
     if anchor is not None:
         # DDP waits for a gradient of every parameter used in the forward; the last layer's
         # bias (and any parameter the input gradient does not reach) gets none from the
@@ -358,6 +363,7 @@ def evaluation_points(
     noise: Any = None,
     c: float = 0.5,
     generator: torch.Generator | None = None,
+    ddp: bool = False,
 ) -> tuple[Tensor, ...]:
     """The points at which ``spec`` evaluates the critic, from explicit or drawn randomness."""
     if spec.points == "real":
@@ -373,7 +379,8 @@ def evaluation_points(
         _check_devices(where, [("real", t) for t in r])
         a = _alpha(where, alpha, r[0], generator)
         u = _noise(where, noise, r, generator)
-        return _points.dragan_points(r, a, u, c, xp)
+        stats = _dist.GlobalStatistics() if ddp and _dist.active() else xp  # σ over every rank
+        return _points.dragan_points(r, a, u, c, stats)
     f = _parts(where, "fake", fake)
     v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
     for i, (rt, ft) in enumerate(zip(r, f)):
@@ -424,7 +431,8 @@ def run(
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
     pts = evaluation_points(
-        spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator
+        spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator,
+        ddp=_is_ddp(critic),
     )
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
     grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
