@@ -311,14 +311,18 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
 
 TEMPLATES["grad_norm"] = r"""Per-sample input-gradient norms :math:`n_i = \lVert \nabla_{x_i} D(x_i) \rVert_2`.
 
-    For logging and diagnostics (e.g. the mean norm at interpolates). Exact, with a finite
-    gradient where the input gradient is zero.
+    For custom penalties, logging and diagnostics (e.g. the mean norm at interpolates).
+    Exact across the float range, with a finite gradient where the input gradient is zero.
+    By default the norms keep their graph, so a penalty built from them trains the critic,
+    as the built-in penalties do; for logging, pass ``create_graph=False`` (a plain value,
+    cheaper).
 
     Args:
         critic: as in :func:`wgan_gp`.
         points: a tensor or a tuple of tensors.
         args, kwargs, output: as in :func:`wgan_gp`.
-        create_graph: keep the graph (to differentiate the norms themselves).
+        create_graph: keep the graph (default), so that the norms are differentiable with
+            respect to the critic's parameters; ``False`` for evaluation only.
 
     Returns:
         Tensor of shape ``(B,)``, float32 or wider.

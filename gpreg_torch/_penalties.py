@@ -298,7 +298,7 @@ def grad_norm(
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
     output: Output = None,
-    create_graph: bool = False,
+    create_graph: bool = True,
 ) -> Tensor:
     return _core.grad_norm(critic, points, create_graph=create_graph,
                            where="gpreg_torch.grad_norm", args=args, kwargs=kwargs,
