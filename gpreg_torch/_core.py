@@ -156,19 +156,20 @@ class _Layers(NamedTuple):
     batchnorms: list[tuple[str, Any]]  # (name, weak reference to the module)
     rnn: bool  # an nn.RNN / LSTM / GRU somewhere
     shards: list[Any]  # weak references to the FSDP2 (fully_shard) modules
+    params: tuple[Tensor, ...]  # every parameter, once
 
 
-_NO_LAYERS = _Layers([], False, [])
+_NO_LAYERS = _Layers([], False, [], ())
 
 
 def _layers_of(critic: Any) -> _Layers:
-    """The critic's BatchNorm modules, whether it has an RNN, and its FSDP2 modules
-    (nothing for a critic that is not a module).
+    """The critic's BatchNorm modules, whether it has an RNN, its FSDP2 modules and its
+    parameters (nothing for a critic that is not a module).
 
     The walk (``named_modules``: ~0.3 ms on a critic of 140 modules) is cached per critic
-    together with every module's class and children; a call only compares those (~15 µs
-    there), so a module added, inserted, replaced or deleted later, or a ``fully_shard``
-    applied later, is seen at the next call.
+    together with every module's class, children and parameters; a call only compares those
+    (~15 µs there), so a module or parameter added, inserted, replaced or deleted later, or a
+    ``fully_shard`` applied later, is seen at the next call.
     """
     if not isinstance(critic, torch.nn.Module):
         return _NO_LAYERS
@@ -177,21 +178,28 @@ def _layers_of(critic: Any) -> _Layers:
         return entry[1]
     named = list(critic.named_modules())
     # the critic itself as None: an entry that held it would keep it alive
+    # parameters by id (tensors compare elementwise); the tuple of parameters below keeps
+    # them alive, so an id cannot be reused while the entry holds it
     snapshot = tuple((None if m is critic else m, type(m), m._modules,
-                      tuple(m._modules.values())) for _, m in named)
+                      tuple(m._modules.values()), m._parameters,
+                      tuple(map(id, m._parameters.values()))) for _, m in named)
     bns = [(n or type(m).__name__, weakref.ref(m)) for n, m in named
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
     shards = [weakref.ref(m) for _, m in named if isinstance(m, fsdp)] if fsdp else []
-    info = _Layers(bns, any(isinstance(m, torch.nn.RNNBase) for _, m in named), shards)
+    params = tuple({id(p): p for _, m in named for p in m._parameters.values()
+                    if p is not None}.values())
+    info = _Layers(bns, any(isinstance(m, torch.nn.RNNBase) for _, m in named), shards,
+                   params)
     _structure[critic] = (snapshot, info)
     return info
 
 
-def _unchanged(critic: Any, snapshot: tuple[tuple[Any, type, dict, tuple], ...]) -> bool:
-    for m, cls, children, kids in snapshot:
+def _unchanged(critic: Any, snapshot: tuple[tuple[Any, ...], ...]) -> bool:
+    for m, cls, children, kids, own, params in snapshot:
         if type(critic if m is None else m) is not cls or len(children) != len(kids) or (
-                kids and tuple(children.values()) != kids):
+                kids and tuple(children.values()) != kids) or len(own) != len(params) or (
+                params and tuple(map(id, own.values())) != params):
             return False
     return True
 
@@ -367,7 +375,7 @@ def input_gradients(
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor | None]:
     """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked;
     also returns the critic's scores at the points and, for a critic passed as a module, the
-    anchor of the zero term (:func:`_anchor`; ``None`` otherwise and without a graph).
+    anchor of the zero term (:func:`_zero_term`; ``None`` otherwise and without a graph).
 
     The critic is called as ``critic(*points, *call.args, **call.kwargs)`` and ``call.output``
     picks the scores out of a structured output. Only the points are differentiated
@@ -404,9 +412,13 @@ def input_gradients(
                 grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
         else:
             grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
-        anchor = None
-        if create_graph and isinstance(critic, torch.nn.Module):
+        anchor: Any = None
+        if not create_graph or not isinstance(critic, torch.nn.Module):
+            pass
+        elif _is_ddp(module) or layers.shards:  # the parameters this forward used
             anchor = total if raw is out else _anchor(raw)
+        else:  # every trainable parameter: no backward through the forward for it
+            anchor = tuple(p for p in layers.params if p.requires_grad)
         return grads, out, anchor
 
 
@@ -498,7 +510,7 @@ def _finish(
     where: str,
     grads: tuple[Tensor, ...],
     out: Tensor,
-    anchor: Tensor | None,
+    anchor: Any,
     shape: str | Shape,
     check_finite: bool = False,
     points: tuple[Tensor, ...] = (),
@@ -514,20 +526,39 @@ def _finish(
         _finite(where, "the input gradient", norms.reshape(-1, 1))
     value = apply_shape(where, norms, shape, **kw)
     if anchor is not None:
-        # A parameter that the input gradient does not reach (the last layer's bias) gets no
-        # gradient from the penalty alone. The reference trainers (StyleGAN2-ADA's
-        # `real_logits * 0`) give it an exact zero, so that Adam still steps it, and DDP waits
-        # for a gradient of every parameter used in the forward (pytorch#47562): a zero term
-        # on the critic's outputs gives each of them one. nan_to_num keeps it an exact zero
-        # when a score is Inf or NaN (0 * inf is NaN).
-        value = value + _zero(anchor, value.dtype)
+        value = value + _zero_term(anchor, value)
     return value
 
 
-def _zero(anchor: Tensor, dtype: torch.dtype) -> Tensor:
-    """An exact 0 that depends on ``anchor``. Cast first: the backward's seed (a GradScaler's
-    2**16 included) then meets the 0 before it is cast to a float16 anchor's dtype."""
-    return torch.nan_to_num(anchor.to(dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+def _zero_term(anchor: Any, like: Tensor) -> Tensor:
+    """An exact 0 that hands parameters the penalty does not reach a zero gradient.
+
+    A parameter that the input gradient does not depend on (the last layer's bias) gets no
+    gradient from the penalty alone. The reference trainers (StyleGAN2-ADA's
+    ``real_logits * 0``) give it an exact zero, so that Adam still steps it, and DDP waits for
+    a gradient of every parameter used in the forward (pytorch#47562). ``anchor`` is either
+    the sum of the critic's outputs (DDP, FSDP: the parameters of this forward, through a
+    first-order backward of it) or the critic's parameters (any other module: a zero for each
+    directly, which costs no backward through the forward).
+    """
+    if isinstance(anchor, torch.Tensor):
+        # cast first: the backward's seed (a GradScaler's 2**16 included) then meets the 0
+        # before a float16 cast; nan_to_num keeps an exact 0 when a score is Inf (0*inf = NaN)
+        return torch.nan_to_num(anchor.to(like.dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+    return _ZeroGradients.apply(like, *anchor)
+
+
+class _ZeroGradients(torch.autograd.Function):
+    """0 (as ``like``'s dtype and device) whose backward is a zero gradient for each input."""
+
+    @staticmethod
+    def forward(ctx: Any, like: Tensor, *params: Tensor) -> Tensor:
+        ctx.params = [(p.shape, p.dtype, p.device) for p in params]
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.params))
 
 
 def evaluation_points(
@@ -668,8 +699,8 @@ def grad_norm(
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
     grads, _, anchor = input_gradients(where, critic, pts, create_graph, None, call)
     norms = norms_from_gradients(grads)
-    if anchor is not None:  # zero per sample: every parameter of the forward gets a gradient
-        norms = norms + _zero(anchor, norms.dtype)
+    if anchor is not None:  # zero per sample: every parameter gets a gradient
+        norms = norms + _zero_term(anchor, norms)
     return norms
 
 

@@ -6,7 +6,8 @@ A case is ``kind-wrap``:
 
 - kind ``plain`` (``D(x)``), ``cond`` (``D(x, labels, scale=...)`` through ``args=`` and
   ``kwargs=``), ``dict`` (a dict output through ``output=``), ``scores`` (the penalty-only
-  step through ``from_scores``), ``inf`` (one score is +Inf: the zero term stays 0);
+  step through ``from_scores``), ``inf`` (one score is +Inf: the zero term stays 0), ``max``
+  (max-GP over the global batch: the per-sample penalties gathered from every rank);
 - wrap ``ddp`` (``DDP(m)``), ``compileddp`` (``torch.compile(DDP(m))``), ``ddpcompile``
   (``DDP(torch.compile(m))``), ``closure`` (``lambda x: DDP(m)(x)``: gpreg cannot see it),
   ``fsdp`` (``fully_shard(m)``, FSDP2), ``fsdplayers`` (``fully_shard`` on every Linear,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -112,6 +114,9 @@ def steps(kind, critic, params, real, fake, alpha, labels):
     out = []
     if kind == "inf":  # the adversarial terms would be Inf: the penalty alone
         loss = gp.wgan_gp(critic, real, fake, alpha=alpha)
+    elif kind == "max":
+        loss = scores(fake).mean() - scores(real).mean() + global_max_gp(critic, real, fake,
+                                                                          alpha)
     else:
         loss = scores(fake).mean() - scores(real).mean() + gp.wgan_gp(
             critic, real, fake, alpha=alpha, **opts)
@@ -128,6 +133,8 @@ def steps(kind, critic, params, real, fake, alpha, labels):
         if fsdp:
             critic.set_reshard_after_backward(True)
         reg.backward()
+    elif kind == "max":
+        (16 * global_max_gp(critic, real, fake, alpha)).backward()
     else:
         (16 * gp.r1(critic, real, **opts)).backward()
     out.append([torch.full_like(p, float("nan")) if p.grad is None else p.grad.clone()
@@ -135,6 +142,17 @@ def steps(kind, critic, params, real, fake, alpha, labels):
     for p in params:
         p.grad = None
     return out, float(loss.detach())
+
+
+def global_max_gp(critic, real, fake, alpha):
+    """Max-GP over the whole batch (docs/at-scale.md): each rank's per-sample penalties,
+    gathered differentiably, then the largest; on one process, plain max_gp."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return gp.max_gp(critic, real, fake, alpha=alpha)
+    import torch.distributed.nn.functional as dist_nn
+
+    per_sample = gp.max_gp(critic, real, fake, alpha=alpha, reduction="none")
+    return torch.cat(dist_nn.all_gather(per_sample)).max()
 
 
 def wrap(kind_wrap: str, critic):
@@ -207,6 +225,7 @@ def _full(t):
 
 
 def main(rank: int, world: int, port: str, path: str, cases: str) -> None:
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {case: run_case(case, rank, world) for case in cases.split(",")}

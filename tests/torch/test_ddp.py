@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import gpreg_torch as gp
 from gpreg._tolerances import assert_close
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "support"))
 import ddp_worker  # noqa: E402
 from gp_reference import penalty as reference  # noqa: E402
 
-EAGER = ["plain-ddp", "cond-ddp", "dict-ddp", "scores-ddp", "inf-ddp", "plain-closure",
+EAGER = ["plain-ddp", "cond-ddp", "dict-ddp", "scores-ddp", "inf-ddp", "max-ddp", "plain-closure",
          "plain-fsdp", "plain-fsdplayers", "cond-fsdp", "dict-fsdp", "scores-fsdp",
          "plain-fsdpclosure"]
 COMPILED = ["plain-compileddp", "plain-ddpcompile", "cond-compileddp", "cond-ddpcompile",
@@ -76,6 +77,20 @@ def test_two_processes_give_the_one_process_gradients(results, case):
     if kind in ("plain", "scores"):
         # the last layer's bias takes no part in the penalty-only step: an exact zero
         assert torch.count_nonzero(got["grads"][1][-1]) == 0
+
+
+def test_max_gp_of_the_global_batch_needs_the_gathered_penalties(tmp_path):
+    """max_gp on each rank is the mean of the ranks' maxima under DDP, not the maximum of
+    the global batch: its gradient is far from the one-process one (the gathered recipe of
+    docs/at-scale.md is exact: max-ddp above)."""
+    critic, real, fake, alpha, _ = ddp_worker.critic_and_data("plain")
+    params = list(critic.parameters())
+    want = torch.autograd.grad(gp.max_gp(critic, real, fake, alpha=alpha), params)
+    halves = [torch.autograd.grad(gp.max_gp(critic, real[s], fake[s], alpha=alpha[s]), params)
+              for s in (slice(0, 4), slice(4, 8))]
+    averaged = [(a + b) / 2 for a, b in zip(*halves)]  # what DDP's averaging gives
+    error = max(float((g - w).norm() / w.norm()) for g, w in zip(averaged, want))
+    assert error > 0.1
 
 
 def test_penalty_only_step_breaks_ddp_when_the_module_is_hidden(results):
