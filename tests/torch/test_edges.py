@@ -461,13 +461,16 @@ def test_inference_mode_is_named_with_the_fix(name):
 # --- 17. the critic's own errors ------------------------------------------------------------
 
 class CodedError(RuntimeError):
-    def __init__(self, code: int) -> None:
+    """A user's RuntimeError whose constructor is not ``(message)``: it came back as a
+    ValueError, which ``except CodedError`` / ``except RuntimeError`` missed."""
+
+    def __init__(self, code: int, layer: str) -> None:
         super().__init__(f"failure {code}")
-        self.code = code
+        self.code, self.layer = code, layer
 
 
 def test_the_critics_own_exception_comes_back_unchanged_with_a_note():
-    err = CodedError(7)
+    err = CodedError(7, "head")
 
     def critic(x):
         raise err
