@@ -62,7 +62,10 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
             per-sample vector of shape ``(B,)``).
         create_graph: keep the graph of the input gradient so the penalty is differentiable
             with respect to the critic's parameters (double backprop). ``False`` is for
-            evaluation only.
+            evaluation only: a plain value (as under ``torch.no_grad()`` in PyTorch). In
+            PyTorch, with a graph and the critic passed as a module, every parameter of the
+            critic gets a gradient from the penalty, an exact zero where the penalty does not
+            reach it (as StyleGAN2-ADA's ``logits * 0``), so that Adam and DDP see it.
 <<scaler>>        global_batch_size: under data parallelism where gradients are *summed* over
             replicas (``tf.distribute``, Keras's optimizers), the batch size over all
             replicas: ``reduction="mean"`` then divides the local sum by it, so the summed
@@ -79,10 +82,16 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
             the batch is empty, the critic's output does not lead with the batch, unknown
             ``reduction``, negative or non-finite ``weight``/``target``, a tensor in ``args``
             whose leading dimension is not the batch, ``output`` that selects nothing.
-        TypeError: integer/bool points, a critic returning something other than a tensor (a
-            tuple or dict without ``output``: the message names its keys), ``args`` not a
-            tuple, ``kwargs`` not a dict.
-        RuntimeError: the critic's output does not depend on its input.
+        TypeError: integer/bool points (labels belong in ``args``), a critic returning
+            something other than a tensor (a tuple or dict without ``output``: the message
+            names its keys), ``args`` not a tuple, ``kwargs`` not a dict, a ``scaler`` of
+            the wrong kind.
+        RuntimeError: the critic's output does not depend on its input; in PyTorch, a call
+            under ``torch.inference_mode()``.
+
+    An exception that the critic itself raises on the points propagates unchanged (in
+    PyTorch with a note that gives the points' shapes, and the layout hint for errors
+    about shapes).
 
     Example:
 <<example>>
@@ -314,14 +323,18 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
 
 TEMPLATES["grad_norm"] = r"""Per-sample input-gradient norms :math:`n_i = \lVert \nabla_{x_i} D(x_i) \rVert_2`.
 
-    For logging and diagnostics (e.g. the mean norm at interpolates). Exact, with a finite
-    gradient where the input gradient is zero.
+    For custom penalties, logging and diagnostics (e.g. the mean norm at interpolates).
+    Exact across the float range, with a finite gradient where the input gradient is zero.
+    By default the norms keep their graph, so a penalty built from them trains the critic,
+    as the built-in penalties do; for logging, pass ``create_graph=False`` (a plain value,
+    cheaper).
 
     Args:
         critic: as in :func:`wgan_gp`.
         points: a tensor or a tuple of tensors.
         args, kwargs, output: as in :func:`wgan_gp`.
-        create_graph: keep the graph (to differentiate the norms themselves).
+        create_graph: keep the graph (default), so that the norms are differentiable with
+            respect to the critic's parameters; ``False`` for evaluation only.
 
     Returns:
         Tensor of shape ``(B,)``, float32 or wider.

@@ -8,6 +8,7 @@ lr · N/(N+1) and β^(N/(N+1)).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 
@@ -47,8 +48,28 @@ class LazyRegularization:
             )
 
     def active(self, step: int) -> bool:
-        """Whether critic step ``step`` (from 0) evaluates the penalty."""
-        return step % self.interval == 0
+        """Whether critic step ``step`` (from 0) evaluates the penalty.
+
+        Raises:
+            TypeError: ``step`` is not an integer (a float, a bool).
+            ValueError: ``step`` is negative.
+        """
+        try:
+            index = operator.index(step)  # ints, NumPy and 0-d integer tensors
+        except TypeError:
+            index = None
+        if index is None or isinstance(step, bool):
+            raise TypeError(
+                f"LazyRegularization.active: step must be a non-negative int (the critic step, "
+                f"counted from 0); got {type(step).__name__} {step!r}. Count steps with "
+                f"enumerate() or an int counter."
+            )
+        if index < 0:
+            raise ValueError(
+                f"LazyRegularization.active: step must be a non-negative int (the critic step, "
+                f"counted from 0); got {step!r}."
+            )
+        return index % self.interval == 0
 
     @property
     def gain(self) -> int:
@@ -61,6 +82,17 @@ class LazyRegularization:
         return self.interval / (self.interval + 1)
 
     def adam(self, lr: float, betas: tuple[float, float]) -> tuple[float, tuple[float, float]]:
-        """Adam's ``lr`` and ``betas`` for the regularized network: lr·N/(N+1), β^(N/(N+1))."""
+        """Adam's ``lr`` and ``betas`` for the regularized network: lr·N/(N+1), β^(N/(N+1)).
+
+        Raises:
+            ValueError: ``betas`` is not a pair of numbers.
+        """
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            got = f"{len(betas)} value(s)" if isinstance(betas, (tuple, list)) else (
+                type(betas).__name__)
+            raise ValueError(
+                f"LazyRegularization.adam: betas must be a pair (beta1, beta2), as Adam takes "
+                f"them, e.g. (0.0, 0.99); got {got}: {betas!r}."
+            )
         c = self.ratio
         return lr * c, (betas[0] ** c, betas[1] ** c)

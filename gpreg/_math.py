@@ -2,8 +2,9 @@
 
 Every function takes ``xp``, an array namespace: ``numpy`` itself, gpreg_torch's ``_ops``
 (torch functions under array-API names) or gpreg_keras's ``_ops`` (``keras.ops``). Only
-these members are used: ``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``reshape``,
-``zeros_like``, ``ones_like`` (and ``std`` in ``gpreg._points``).
+these members are used: ``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``abs``, ``reshape``,
+``zeros_like``, ``ones_like`` (and ``std`` in ``gpreg._points``), plus ``stop_gradient`` where
+the namespace has one (NumPy has no gradients to stop).
 """
 
 from __future__ import annotations
@@ -40,6 +41,33 @@ def per_sample_sq_sum(grads: Sequence[Array], xp: Namespace) -> Array:
     return total
 
 
+def per_sample_norm(grads: Sequence[Array], xp: Namespace) -> Array:
+    r"""Exact per-sample Euclidean norm over every non-batch element of every part: shape (B,).
+
+    A plain sum of squares leaves the float range long before the norm does: in float32,
+    entries of 1e-25 square to 0 (norm 0 instead of the exact value) and entries of 1e19
+    square to Inf. Here each sample's gradient is first divided by its largest magnitude
+    :math:`m_i` (taken as a constant: :math:`n_i = m_i \lVert g_i / m_i \rVert` is the norm
+    for any fixed :math:`m_i > 0`, so every derivative of it is the norm's own), which keeps
+    the squares near 1. Samples whose :math:`m_i` is 0, Inf or NaN are not scaled: an exactly
+    zero gradient keeps :func:`safe_norm`'s finite (zero) derivative, and Inf and NaN stay
+    visible in the norm.
+    """
+    peak = None
+    for g in grads:
+        ndim = len(g.shape)
+        a = xp.abs(g) if ndim == 1 else xp.max(xp.abs(g), axis=tuple(range(1, ndim)))
+        # a NaN in a is not kept here, but it reaches the sum of squares below all the same
+        peak = a if peak is None else xp.where(a > peak, a, peak)
+    stop = getattr(xp, "stop_gradient", None)
+    if stop is not None:
+        peak = stop(peak)
+    one = xp.ones_like(peak)
+    scale = xp.where(peak > 0, xp.where(peak < float("inf"), peak, one), one)
+    scaled = [g / xp.reshape(scale, (-1,) + (1,) * (len(g.shape) - 1)) for g in grads]
+    return scale * safe_norm(per_sample_sq_sum(scaled, xp), xp)
+
+
 def _deviation(norms: Array, target: float, ratio: bool) -> Array:
     return norms / target - 1.0 if ratio else norms - target
 
@@ -51,9 +79,12 @@ def two_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Arr
 
 
 def one_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
-    r""":math:`\max(0, n - t)^2`, or :math:`\max(0, n / t - 1)^2` in the ratio form."""
+    r""":math:`\max(0, n - t)^2`, or :math:`\max(0, n / t - 1)^2` in the ratio form.
+
+    A NaN norm gives a NaN penalty (it is not "below the target"), as in the other shapes.
+    """
     d = _deviation(norms, target, ratio)
-    d = xp.where(d > 0, d, xp.zeros_like(d))
+    d = xp.where(d < 0, xp.zeros_like(d), d)  # NaN < 0 is false: NaN stays NaN
     return d * d
 
 

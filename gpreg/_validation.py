@@ -14,7 +14,8 @@ REDUCTIONS = ("mean", "sum", "max", "none")
 
 
 class BatchNormWarning(UserWarning):
-    """A critic with batch normalization in training mode: its samples are coupled.
+    """A critic with batch normalization that uses batch statistics (training mode, or no
+    running statistics): its samples are coupled.
 
     Silence it with ``warnings.filterwarnings("ignore", category=gpreg.BatchNormWarning)``.
     """
@@ -23,8 +24,9 @@ class BatchNormWarning(UserWarning):
 def batchnorm_message(where: str, layers: Sequence[str]) -> str:
     names = ", ".join(layers[:4]) + (" ..." if len(layers) > 4 else "")
     return (
-        f"{where}: the critic has batch normalization in training mode ({names}). Batch "
-        f"statistics couple the samples, so sample i's gradient also depends on the other "
+        f"{where}: the critic has batch normalization that uses batch statistics ({names}), "
+        f"as in training mode or without running statistics. Batch statistics couple the "
+        f"samples, so sample i's gradient also depends on the other "
         f"samples and the per-sample norms are not those of the penalty's definition (WGAN-GP "
         f"recommends no BatchNorm in the critic). Use LayerNorm or GroupNorm, or evaluate in "
         f"inference mode. To silence: warnings.filterwarnings('ignore', "
@@ -233,8 +235,12 @@ def check_floating(where: str, role: str, dtype: str, is_floating: bool) -> None
     if not is_floating:
         raise TypeError(
             f"{where}: {role} has dtype {dtype}; gradient penalties need floating-point points "
-            f"(the gradient with respect to integer or bool inputs is undefined). Convert "
-            f"first: x.float() in PyTorch, keras.ops.cast(x, 'float32') in Keras."
+            f"(the gradient with respect to integer or bool inputs is undefined). If it is a "
+            f"label or an index (conditioning), do not convert it: pass it through args=, e.g. "
+            f"gp.r1(critic, images, args=(labels,)), which calls critic(images, labels) and "
+            f"never differentiates it (as a float part, dD/dlabel would join the norm). "
+            f"Integer data itself: convert first, x.float() / 255 in PyTorch, "
+            f"keras.ops.cast(x, 'float32') in Keras."
         )
 
 
@@ -318,14 +324,73 @@ def independent_critic(where: str) -> RuntimeError:
     )
 
 
-def check_finite(where: str, what: str, bad_samples: Sequence[int]) -> None:
+def check_finite(where: str, what: str, bad_samples: Sequence[int], note: str = "") -> None:
     if len(bad_samples):
         shown = ", ".join(str(int(i)) for i in list(bad_samples)[:8])
         more = "" if len(bad_samples) <= 8 else f" and {len(bad_samples) - 8} more"
         raise FloatingPointError(
             f"{where}: {what} is not finite (NaN or Inf) for sample(s) {shown}{more}. "
-            f"Check the inputs of those samples and the critic's numerics."
+            + (note + " " if note else "")
+            + "Check the inputs of those samples and the critic's numerics."
         )
+
+
+DRAGAN_SIGMA_NOTE = (
+    "DRAGAN's sigma, the standard deviation of the whole real batch, is then not finite "
+    "either, so every perturbed point is affected, not only these samples."
+)
+
+
+def from_scores_not_leaf(where: str, index: int, several: bool) -> str:
+    name = f"points[{index}]" if several else "the points"
+    return (
+        f"{where}: {name} were computed by other operations (e.g. fake = G(z)), not "
+        f"created as the critic's input: the penalty's gradient would flow through them "
+        f"into whatever produced them, the generator included. Detach them before the critic "
+        f"call: fake = fake.detach().requires_grad_(); scores = critic(fake); "
+        f"penalty = gp.from_scores('r2', scores, fake)."
+    )
+
+
+_SHAPE_WORDS = ("shape", "size", "dimension", "channel", "expected input", "rank", "ndim",
+                "unbatched", "dims", "incompatible")
+
+
+def is_shape_error(exc: BaseException) -> bool:
+    """Whether a critic's error is about the shape or layout of its input (by its message)."""
+    if isinstance(exc, IndexError):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in _SHAPE_WORDS)
+
+
+def critic_failed_note(where: str, shapes: Sequence[Shape], exc: BaseException) -> str:
+    """What the penalty adds to an error that the critic raised on the evaluation points:
+    the shapes it passed in, and the layout hint only for errors about shapes."""
+    listing = ", ".join(_fmt(s) for s in shapes)
+    text = str(exc).lower()
+    if "out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return (
+            f"{where}: the critic ran out of memory in the penalty's pass on points of shape "
+            f"{listing}; that pass keeps the graph of a second forward and its backward. "
+            f"Evaluate the penalty on part of the batch (e.g. real[:16]) or less often "
+            f"(LazyRegularization)."
+        )
+    if is_shape_error(exc):
+        return (
+            f"{where}: the critic failed on the evaluation points of shape {listing}. The "
+            f"points have the shape of real/fake; check that they match what the critic takes "
+            f"(rank, channels-first vs channels-last layout, one tensor per input of a "
+            f"multi-input critic; conditioning goes in args=)."
+        )
+    return f"{where}: raised by the critic on the evaluation points of shape {listing}."
+
+
+def annotate_critic_error(where: str, shapes: Sequence[Shape], exc: BaseException) -> None:
+    """Attach :func:`critic_failed_note` to ``exc`` itself (PEP 678), which the caller then
+    re-raises unchanged: the type, the message and the traceback stay the critic's."""
+    if hasattr(exc, "add_note"):  # Python 3.11+; on 3.10 the error passes through as it is
+        exc.add_note(critic_failed_note(where, shapes, exc))
 
 
 def critic_failed(where: str, shapes: Sequence[Shape], exc: BaseException) -> BaseException:

@@ -406,7 +406,7 @@ def norms_from_gradients(grads: Any) -> Any:
     for g in grads:
         dt = _dtype(g)
         acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
-    return _math.safe_norm(_math.per_sample_sq_sum(acc, xp), xp)
+    return _math.per_sample_norm(acc, xp)
 
 
 def shape_of(where: str, shape: str | Shape) -> Shape:

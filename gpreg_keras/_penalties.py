@@ -319,7 +319,7 @@ def grad_norm(
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
     output: Output = None,
-    create_graph: bool = False,
+    create_graph: bool = True,
 ) -> Tensor:
     return _core.grad_norm("gpreg_keras.grad_norm", critic, points, create_graph, args=args,
                            kwargs=kwargs, output=output)

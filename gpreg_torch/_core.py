@@ -6,10 +6,12 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -65,19 +67,34 @@ def call_options(where: str, args: Any, kwargs: Any, output: Any, batch: int) ->
     return Call(_call.map_leaves(_detach, args), _call.map_leaves(_detach, kwargs), output)
 
 
-def _alpha(where: str, alpha: Any, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _widest(parts: tuple[Tensor, ...]) -> torch.dtype:
+    """The dtype that holds every part's values: α is drawn in it, then rounded per part."""
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
+
+
+def _alpha(where: str, alpha: Any, parts: tuple[Tensor, ...],
+           generator: torch.Generator | None) -> Tensor:
+    like = parts[0]
     batch = like.shape[0]
+    dtype = like.dtype if len(parts) == 1 else _widest(parts)
     if alpha is None:
-        return torch.rand(batch, generator=generator, device=like.device, dtype=like.dtype)
+        return torch.rand(batch, generator=generator, device=like.device, dtype=dtype)
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-        return torch.full((batch,), float(alpha), device=like.device, dtype=like.dtype)
+        return torch.full((batch,), float(alpha), device=like.device, dtype=dtype)
     if not isinstance(alpha, torch.Tensor):
         raise TypeError(
             f"{where}: alpha must be None, a number or a tensor of shape ({batch},); got "
             f"{type(alpha).__name__}."
         )
     v.check_alpha_shape(where, tuple(alpha.shape), batch)
-    return alpha.detach().reshape(batch).to(device=like.device, dtype=like.dtype)
+    return alpha.detach().reshape(batch).to(device=like.device, dtype=dtype)
+
+
+def _in_dtype(alpha: Tensor, part: Tensor) -> Tensor:
+    return alpha if alpha.dtype == part.dtype else alpha.to(part.dtype)
 
 
 def _noise(
@@ -97,86 +114,259 @@ def _noise(
     return tuple(n.detach().to(device=r.device, dtype=r.dtype) for n, r in zip(parts, real))
 
 
+def _is_compiled(module: Any) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), torch.nn.Module)
+
+
 def _penalty_module(critic: Any) -> Any:
     """The module to run for the penalty pass.
 
     ``torch.compile`` goes through AOTAutograd, which does not support double backward
     ("torch.compile with aot_autograd does not currently support double backward"): the
     penalty pass runs the original module (``_orig_mod``), which shares the parameters.
+    ``torch.compile(DDP(m))`` thus runs the DDP module eagerly; ``DDP(torch.compile(m))`` is
+    handled where the critic is called (:func:`_run_critic`).
     """
-    orig = getattr(critic, "_orig_mod", None)
-    if isinstance(orig, torch.nn.Module) and type(critic).__name__ == "OptimizedModule":
-        return orig
-    return critic
+    return critic._orig_mod if _is_compiled(critic) else critic
+
+
+def _run_critic(module: Any, leaves: tuple[Tensor, ...], call: Call) -> Any:
+    if _is_ddp(module) and _is_compiled(module.module):
+        return _ddp_forward_uncompiled(module, (*leaves, *call.args), call.kwargs)
+    return module(*leaves, *call.args, **call.kwargs)
+
+
+def _ddp_forward_uncompiled(ddp: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
+    """``DDP(torch.compile(m))``: DDP's own forward (its reducer must expect this pass's
+    gradients, or a penalty-only step is never reduced) around the uncompiled module."""
+    inner = ddp.module._orig_mod
+    args, kwargs = ddp._pre_forward(*args, **kwargs)
+    if getattr(ddp, "_delay_all_reduce_all_params", False):
+        out = inner.forward(*args, **kwargs)
+    else:
+        out = inner(*args, **kwargs)
+    return ddp._post_forward(out)
 
 
 _structure: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _warned: weakref.WeakSet = weakref.WeakSet()
 
 
-def _layers_of(critic: Any) -> tuple[list[tuple[str, Any]], bool]:
-    """The critic's BatchNorm modules and whether it has an RNN, found once per critic (a
-    module walk costs ~0.1–1 ms on big critics: not on every call)."""
-    try:
-        return _structure[critic]
-    except KeyError:
-        pass
-    bns = [(n or type(m).__name__, m) for n, m in critic.named_modules()
+class _Layers(NamedTuple):
+    batchnorms: list[tuple[str, Any]]  # (name, weak reference to the module)
+    rnn: bool  # an nn.RNN / LSTM / GRU somewhere
+    shards: list[Any]  # weak references to the FSDP2 (fully_shard) modules
+    params: tuple[Tensor, ...]  # every parameter, once
+
+
+_NO_LAYERS = _Layers([], False, [], ())
+
+
+def _layers_of(critic: Any) -> _Layers:
+    """The critic's BatchNorm modules, whether it has an RNN, its FSDP2 modules and its
+    parameters (nothing for a critic that is not a module).
+
+    The walk (``named_modules``: ~0.3 ms on a critic of 140 modules) is cached per critic
+    together with every module's class, children and parameters; a call only compares those
+    (~15 µs there), so a module or parameter added, inserted, replaced or deleted later, or a
+    ``fully_shard`` applied later, is seen at the next call.
+    """
+    if not isinstance(critic, torch.nn.Module):
+        return _NO_LAYERS
+    entry = _structure.get(critic)
+    if entry is not None and _unchanged(critic, entry[0]):
+        return entry[1]
+    named = list(critic.named_modules())
+    # the critic itself as None: an entry that held it would keep it alive
+    # parameters by id (tensors compare elementwise); the tuple of parameters below keeps
+    # them alive, so an id cannot be reused while the entry holds it
+    snapshot = tuple((None if m is critic else m, type(m), m._modules,
+                      tuple(m._modules.values()), m._parameters,
+                      tuple(map(id, m._parameters.values()))) for _, m in named)
+    bns = [(n or type(m).__name__, weakref.ref(m)) for n, m in named
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    info = (bns, any(isinstance(m, torch.nn.RNNBase) for m in critic.modules()))
-    _structure[critic] = info
+    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    shards = [weakref.ref(m) for _, m in named if isinstance(m, fsdp)] if fsdp else []
+    params = tuple({id(p): p for _, m in named for p in m._parameters.values()
+                    if p is not None}.values())
+    info = _Layers(bns, any(isinstance(m, torch.nn.RNNBase) for _, m in named), shards,
+                   params)
+    _structure[critic] = (snapshot, info)
     return info
 
 
-def _has_rnn(critic: Any) -> bool:
-    return isinstance(critic, torch.nn.Module) and _layers_of(critic)[1]
+def _unchanged(critic: Any, snapshot: tuple[tuple[Any, ...], ...]) -> bool:
+    for m, cls, children, kids, own, params in snapshot:
+        if type(critic if m is None else m) is not cls or len(children) != len(kids) or (
+                kids and tuple(children.values()) != kids) or len(own) != len(params) or (
+                params and tuple(map(id, own.values())) != params):
+            return False
+    return True
 
 
-def _warn_batchnorm(where: str, critic: Any) -> None:
-    """Warn once per critic about batch normalization in training mode."""
-    if not isinstance(critic, torch.nn.Module) or critic in _warned:
+@contextlib.contextmanager
+def _unsharded_through_backward(shards: list[Any]) -> Iterator[None]:
+    """FSDP2 (``fully_shard``) frees the unsharded parameters after every backward, the
+    penalty's inner one included, but the caller's backward still runs through that one's
+    graph ("setStorage: ... out of bounds for storage of size 0"). They are kept for the
+    inner backward only; FSDP frees them after the caller's, as after any step."""
+    groups = [g for m in shards for g in m()._get_fsdp_state()._fsdp_param_groups]
+    saved = [g.reshard_after_backward for g in groups]
+    for g in groups:
+        g.reshard_after_backward = False
+    try:
+        yield
+    finally:
+        for g, keep in zip(groups, saved):
+            g.reshard_after_backward = keep
+
+
+def _batch_statistics(m: Any) -> bool:
+    """Whether a BatchNorm normalizes with the batch's statistics (as its forward decides)."""
+    return m.training or (m.running_mean is None and m.running_var is None)
+
+
+def _warn_batchnorm(where: str, critic: Any, layers: _Layers) -> None:
+    """Warn once per critic about batch normalization that uses batch statistics."""
+    if not layers.batchnorms or critic in _warned:
         return
-    names = [n for n, m in _layers_of(critic)[0] if m.training]
+    names = [n for n, m in layers.batchnorms if _batch_statistics(m())]
     if names:
         _warned.add(critic)
         warnings.warn(v.batchnorm_message(where, names), v.BatchNormWarning, stacklevel=4)
 
 
-def _finite(where: str, what: str, x: Tensor) -> None:
+def _finite(where: str, what: str, x: Tensor, note: str = "") -> None:
     bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1)
-    v.check_finite(where, what, bad.nonzero().flatten().tolist())
+    v.check_finite(where, what, bad.nonzero().flatten().tolist(), note)
 
 
 def _is_ddp(critic: Any) -> bool:
     return isinstance(critic, torch.nn.parallel.DistributedDataParallel)
 
 
-_FUSED_SDPA = ("flash", "mem_efficient", "cudnn")
+class _SharedSwitch:
+    """A process-wide backend setting that penalty passes need changed while they run.
+
+    PyTorch's SDPA and cuDNN switches are global, not per thread. Passes that overlap in
+    several threads share one change: the first saves the caller's setting and applies the
+    pass's, the last restores the caller's, so no interleaving leaves the setting changed.
+    """
+
+    def __init__(self, read: Callable[[], Any], write: Callable[[Any], None], value: Any):
+        self._read, self._write, self._value = read, write, value
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: Any = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = self._read()
+                self._write(self._value)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._write(self._saved)
+
+
+_SDPA = ("flash", "mem_efficient", "cudnn", "math")
+
+
+def _read_sdpa() -> tuple[bool, ...]:
+    return tuple(getattr(torch.backends.cuda, f"{k}_sdp_enabled")() for k in _SDPA)
+
+
+def _write_sdpa(flags: tuple[bool, ...]) -> None:
+    for k, on in zip(_SDPA, flags):
+        getattr(torch.backends.cuda, f"enable_{k}_sdp")(on)
+
+
+def _write_cudnn(on: bool) -> None:
+    torch.backends.cudnn.enabled = on
+
+
+# the math kernel only (``sdpa_kernel`` sets the same switches and costs more per call)
+_math_attention = _SharedSwitch(_read_sdpa, _write_sdpa, (False, False, False, True))
+_no_cudnn = _SharedSwitch(lambda: torch.backends.cudnn.enabled, _write_cudnn, False)
 
 
 @contextlib.contextmanager
-def _double_backward_kernels(critic: Any, points: tuple[Tensor, ...]) -> Iterator[None]:
+def _double_backward_kernels(rnn: bool, device: torch.device) -> Iterator[None]:
     """Kernels with a double backward for the penalty's forward pass.
 
     Flash / memory-efficient / cuDNN attention (CPU and CUDA) have no derivative of their
-    backward, so ``scaled_dot_product_attention`` runs its math kernel here (the global SDPA
-    switches, set and restored directly: ``sdpa_kernel`` costs more per call); cuDNN RNNs
-    have none either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off
-    for critics that contain an RNN on CUDA. Both choices only affect this pass.
+    backward, so ``scaled_dot_product_attention`` runs its math kernel here; cuDNN RNNs have
+    none either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off for
+    critics that contain an RNN on CUDA. Both only while penalty passes run.
     """
-    sdp = torch.backends.cuda
-    saved = [getattr(sdp, f"{k}_sdp_enabled")() for k in _FUSED_SDPA]
-    for k in _FUSED_SDPA:
-        getattr(sdp, f"enable_{k}_sdp")(False)
-    try:
-        if points[0].is_cuda and _has_rnn(critic):
-            with torch.backends.cudnn.flags(enabled=False):
+    with _math_attention():
+        if rnn and device.type == "cuda":
+            with _no_cudnn():
                 yield
         else:
             yield
-    finally:
-        for k, on in zip(_FUSED_SDPA, saved):
-            getattr(sdp, f"enable_{k}_sdp")(on)
+
+
+def _watched(where: str, points: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The points as leaves that require grad (inference tensors are copied out first)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(_inference_mode(where))
+    return tuple((p.clone() if p.is_inference() else p).requires_grad_(True) for p in points)
+
+
+def _inference_mode(where: str) -> str:
+    return (
+        f"{where}: called under torch.inference_mode(), where autograd records nothing (and "
+        f"torch.enable_grad() cannot switch it back on), so there is no input gradient to "
+        f"penalize. Compute the penalty outside inference_mode: for evaluation, under "
+        f"torch.no_grad(), where it returns a plain value. Tensors created under "
+        f"inference_mode can be passed as they are."
+    )
+
+
+def _inner_scale(where: str, scaler: Any) -> Tensor | float | None:
+    """The loss scale for the penalty's inner backward, read without a device sync.
+
+    It is the scaler's current scale, capped at 2**15: float16's largest value is 65504, so
+    GradScaler's default 2**16 would seed the inner backward of a float16 critic with Inf.
+    The inner backward is unscaled by the same number right after, so any power of two gives
+    the same penalty; the scaler's own scale still drives its back-off (a smaller scale is
+    used as it is). ``None`` without scaling.
+    """
+    scaler = _grad_scaler(scaler)  # an Accelerator's or a Lightning plugin's GradScaler
+    if scaler is None:
+        return None
+    if isinstance(scaler, torch.amp.GradScaler):
+        if not scaler.is_enabled():
+            return None
+        current = scaler._get_scale_async()  # a device tensor; None before the first use
+        if current is None:
+            return min(float(scaler.get_scale()), INNER_SCALE_CAP)  # the initial scale: no sync
+        return current.clamp(max=INNER_SCALE_CAP)
+    if all(callable(getattr(scaler, k, None)) for k in ("is_enabled", "get_scale")):
+        # another scaler with GradScaler's interface (gpreg_keras's view of a Keras one)
+        return min(float(scaler.get_scale()), INNER_SCALE_CAP) if scaler.is_enabled() else None
+    raise TypeError(
+        f"{where}: scaler must be the torch.amp.GradScaler that scales your loss (float16 "
+        f"mixed precision), or an accelerate.Accelerator or a Lightning precision plugin "
+        f"(trainer.precision_plugin), whose GradScaler is then used; got "
+        f"{type(scaler).__name__}"
+        + (f" {scaler!r}" if isinstance(scaler, (int, float)) else "")
+        + ". gpreg reads its current scale (without a device sync) for the penalty's inner "
+        "backward; a fixed scale is a GradScaler(init_scale=..., growth_interval=...). Without "
+        "float16, leave scaler=None."
+    )
+
+
+INNER_SCALE_CAP = 2.0**15
+"""The largest inner loss scale: the largest power of two below float16's maximum, 65504."""
 
 
 def input_gradients(
@@ -188,26 +378,31 @@ def input_gradients(
     call: Call = PLAIN,
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor | None]:
     """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked;
-    also returns the critic's scores at the points and, for a DDP critic, the sum of every
-    tensor it returned (the anchor of DDP's zero term; ``None`` otherwise).
+    also returns the critic's scores at the points and, for a critic passed as a module, the
+    anchor of the zero term (:func:`_zero_term`; ``None`` otherwise and without a graph).
 
     The critic is called as ``critic(*points, *call.args, **call.kwargs)`` and ``call.output``
     picks the scores out of a structured output. Only the points are differentiated
     (``inputs=points``), so no weight gradient is computed here; the parameters are reached
-    later, when the caller's loss runs backward. With a ``GradScaler``, the summed output is
-    scaled before the inner backward (so float16 gradients do not underflow) and the input
-    gradient is unscaled out of place.
+    later, when the caller's loss runs backward. Under ``torch.no_grad()`` no graph is kept
+    (the caller gets a plain value). With a ``GradScaler``, the summed output is scaled
+    before the inner backward (so float16 gradients do not underflow) and the input gradient
+    is unscaled out of place.
     """
+    create_graph = create_graph and torch.is_grad_enabled()
+    scale = _inner_scale(where, scaler)
     batch = points[0].shape[0]
     module = _penalty_module(critic)
-    _warn_batchnorm(where, module)
-    with torch.enable_grad():  # the penalty needs a graph, even under no_grad logging code
-        leaves = tuple(p.requires_grad_(True) for p in points)
+    layers = _layers_of(module)
+    _warn_batchnorm(where, module, layers)
+    with torch.enable_grad():  # the input gradient needs a graph, even under no_grad
+        leaves = _watched(where, points)
         try:
-            with _double_backward_kernels(module, leaves):
-                raw = module(*leaves, *call.args, **call.kwargs)
+            with _double_backward_kernels(layers.rnn, leaves[0].device):
+                raw = _run_critic(module, leaves, call)
         except (ValueError, TypeError, RuntimeError, IndexError) as exc:
-            raise v.critic_failed(where, [tuple(p.shape) for p in leaves], exc) from exc
+            v.annotate_critic_error(where, [tuple(p.shape) for p in leaves], exc)
+            raise
         out = raw if call.output is None and isinstance(raw, torch.Tensor) else (
             _call.pick_output(where, raw, call.output, _is_tensor))
         if not isinstance(out, torch.Tensor):
@@ -215,13 +410,24 @@ def input_gradients(
         v.check_output_shape(where, tuple(out.shape), batch)
         if not out.requires_grad:
             raise v.independent_critic(where)
-        anchor = _ddp_anchor(raw) if _is_ddp(critic) else None
-        return _gradient_of_scores(where, out, leaves, create_graph, scaler), out, anchor
+        total = out.sum()
+        if create_graph and layers.shards:
+            with _unsharded_through_backward(layers.shards):
+                grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
+        else:
+            grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
+        anchor: Any = None
+        if not create_graph or not isinstance(critic, torch.nn.Module):
+            pass
+        elif _is_ddp(module) or layers.shards:  # the parameters this forward used
+            anchor = total if raw is out else _anchor(raw)
+        else:  # every trainable parameter: no backward through the forward for it
+            anchor = tuple(p for p in layers.params if p.requires_grad)
+        return grads, out, anchor
 
 
-def _ddp_anchor(raw: Any) -> Tensor | None:
-    """Σ of every floating tensor the critic returned: through it, DDP's zero term reaches
-    every parameter of the forward, also those only other outputs use."""
+def _anchor(raw: Any) -> Tensor | None:
+    """Σ of every floating tensor the critic returned (all heads of a structured output)."""
     parts = [t for _, t in _call.leaves(raw, "") if isinstance(t, torch.Tensor)
              and t.is_floating_point() and t.requires_grad]
     if not parts:
@@ -235,20 +441,19 @@ def _ddp_anchor(raw: Any) -> Tensor | None:
 
 
 def _gradient_of_scores(
-    where: str, out: Tensor, leaves: tuple[Tensor, ...], create_graph: bool, scaler: Any
+    where: str, total: Tensor, leaves: tuple[Tensor, ...], create_graph: bool,
+    scale: Tensor | float | None, retain_graph: bool | None = None,
 ) -> tuple[Tensor, ...]:
-    """∂(Σ out)/∂leaves, scaled and unscaled around the backward when a scaler is given."""
-    scaler = _grad_scaler(where, scaler)
-    total = out.sum()
-    scaled = scaler is not None and scaler.is_enabled()
-    if scaled:
-        total = scaler.scale(total)
-    grads = torch.autograd.grad(total, leaves, create_graph=create_graph, allow_unused=True)
+    """∂total/∂leaves, scaled by ``scale`` before the backward and unscaled after."""
+    if scale is not None:
+        total = total * scale
+    grads = torch.autograd.grad(total, leaves, create_graph=create_graph,
+                                retain_graph=retain_graph, allow_unused=True)
     if all(g is None for g in grads):
         raise v.independent_critic(where)
     grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves))
-    if scaled:
-        inv = 1.0 / scaler.get_scale()  # out of place: unscale_() is for parameter grads
+    if scale is not None:
+        inv = 1.0 / scale  # out of place: unscale_() is for parameter grads
         grads = tuple(g.to(torch.promote_types(g.dtype, torch.float32)) * inv for g in grads)
     return grads
 
@@ -256,44 +461,47 @@ def _gradient_of_scores(
 _SCALER_METHODS = ("is_enabled", "scale", "get_scale")
 
 
-def _grad_scaler(where: str, scaler: Any) -> Any:
+def _grad_scaler(scaler: Any) -> Any:
     """The ``GradScaler`` that ``scaler=`` stands for: the scaler itself, or the one that an
     ``accelerate.Accelerator`` or a Lightning precision plugin holds as ``.scaler`` (``None``
-    when they train without one: bf16, 32-bit, or Accelerate's fp16 on a CPU)."""
-    given = scaler
-    if scaler is not None and not all(hasattr(scaler, m) for m in _SCALER_METHODS):
-        if hasattr(scaler, "scaler"):  # an Accelerator, Lightning's MixedPrecision
-            scaler = scaler.scaler
-        elif getattr(scaler, "precision", "") != "16-mixed" and any(
-                c.__name__ == "Precision" and c.__module__.startswith(
-                    ("lightning", "pytorch_lightning")) for c in type(scaler).__mro__):
-            return None  # Lightning's 32-bit, 64-bit or true-half precision scales nothing
+    when they train without one: bf16, 32-bit, or Accelerate's fp16 on a CPU). Anything else
+    is returned as it is, for :func:`_inner_scale` to refuse."""
     if scaler is None or all(hasattr(scaler, m) for m in _SCALER_METHODS):
         return scaler
-    raise TypeError(
-        f"{where}: scaler must be a torch.amp.GradScaler, or an accelerate.Accelerator or a "
-        f"Lightning precision plugin (trainer.precision_plugin), whose GradScaler is then "
-        f"used; got {type(given).__name__}. Pass the object whose scale() scales your loss."
-    )
+    if hasattr(scaler, "scaler"):  # an Accelerator, Lightning's MixedPrecision
+        return scaler.scaler
+    if getattr(scaler, "precision", "") != "16-mixed" and any(
+            c.__name__ == "Precision" and c.__module__.startswith(
+                ("lightning", "pytorch_lightning")) for c in type(scaler).__mro__):
+        return None  # Lightning's 32-bit, 64-bit or true-half precision scales nothing
+    return scaler
 
 
 def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:
     """Exact per-sample norms over every non-batch element of every part, in ≥ float32.
 
-    PyTorch's own ``vector_norm`` is exact and its derivative is 0 where the norm is 0 (its
-    backward masks the division), so it serves as the NaN-safe norm here in one kernel
-    instead of the core's generic ``safe_norm``; the zero_grad fixtures test both paths.
+    As the core's :func:`gpreg._math.per_sample_norm`, in fewer kernels: each sample's
+    gradient is divided by its largest magnitude (a constant, clamped into the normal float
+    range: 0, Inf and NaN are then left as they are), so the squares neither underflow
+    (entries of 1e-25 in float32) nor overflow (1e19). PyTorch's ``vector_norm`` is exact
+    and its derivative is 0 where the norm is 0 (its backward masks the division), so it
+    serves as the NaN-safe norm here; the zero_grad fixtures test both paths.
     """
+    acc = torch.float32
+    for g in grads:
+        acc = torch.promote_types(acc, g.dtype)
+    peaks = [g.detach().abs().to(acc) if g.dim() == 1 else torch.linalg.vector_norm(
+        g.detach(), ord=float("inf"), dim=tuple(range(1, g.dim())), dtype=acc) for g in grads]
+    peak = peaks[0] if len(peaks) == 1 else torch.stack(peaks).amax(dim=0)
+    info = torch.finfo(acc)
+    scale = peak.clamp(info.tiny, info.max)
     norms = []
     for g in grads:
-        acc = torch.promote_types(g.dtype, torch.float32)
-        if g.dim() == 1:  # one scalar per sample: |g| (abs' derivative at 0 is 0)
-            norms.append(g.to(acc).abs())
-        else:
-            norms.append(torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())), dtype=acc))
-    if len(norms) == 1:
-        return norms[0]
-    return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+        u = g / scale.reshape((-1,) + (1,) * (g.dim() - 1))
+        norms.append(u.abs() if g.dim() == 1 else torch.linalg.vector_norm(
+            u, dim=tuple(range(1, g.dim()))))
+    n = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms, 1), dim=1)
+    return n * scale
 
 
 def _shape(where: str, shape: str | Shape) -> Shape:
@@ -325,14 +533,14 @@ def _finish(
     where: str,
     grads: tuple[Tensor, ...],
     out: Tensor,
-    anchor: Tensor | None,
+    anchor: Any,
     shape: str | Shape,
     check_finite: bool = False,
     points: tuple[Tensor, ...] = (),
     **kw: Any,
 ) -> Tensor:
-    """Norms → penalty shape → reduction, plus DistributedDataParallel's bookkeeping and the
-    opt-in finite checks (each syncs with the device, hence opt-in)."""
+    """Norms → penalty shape → reduction, plus the zero term on ``anchor`` and the opt-in
+    finite checks (each syncs with the device, hence opt-in)."""
     norms = norms_from_gradients(grads)
     if check_finite:
         for p in points:
@@ -345,12 +553,39 @@ def _finish(
     else:
         value = apply_shape(where, norms, shape, **kw)
     if anchor is not None:
-        # DDP waits for a gradient of every parameter used in the forward; the last layer's
-        # bias (and any parameter the input gradient does not reach) gets none from the
-        # penalty alone, which breaks the reduction (pytorch#47562). A zero-weighted term on
-        # the critic's outputs gives each of them an exact zero.
-        value = value + 0.0 * anchor.to(value.dtype)
+        value = value + _zero_term(anchor, value)
     return value
+
+
+def _zero_term(anchor: Any, like: Tensor) -> Tensor:
+    """An exact 0 that hands parameters the penalty does not reach a zero gradient.
+
+    A parameter that the input gradient does not depend on (the last layer's bias) gets no
+    gradient from the penalty alone. The reference trainers (StyleGAN2-ADA's
+    ``real_logits * 0``) give it an exact zero, so that Adam still steps it, and DDP waits for
+    a gradient of every parameter used in the forward (pytorch#47562). ``anchor`` is either
+    the sum of the critic's outputs (DDP, FSDP: the parameters of this forward, through a
+    first-order backward of it) or the critic's parameters (any other module: a zero for each
+    directly, which costs no backward through the forward).
+    """
+    if isinstance(anchor, torch.Tensor):
+        # cast first: the backward's seed (a GradScaler's 2**16 included) then meets the 0
+        # before a float16 cast; nan_to_num keeps an exact 0 when a score is Inf (0*inf = NaN)
+        return torch.nan_to_num(anchor.to(like.dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+    return _ZeroGradients.apply(like, *anchor)
+
+
+class _ZeroGradients(torch.autograd.Function):
+    """0 (as ``like``'s dtype and device) whose backward is a zero gradient for each input."""
+
+    @staticmethod
+    def forward(ctx: Any, like: Tensor, *params: Tensor) -> Tensor:
+        ctx.params = [(p.shape, p.dtype, p.device) for p in params]
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.params))
 
 
 def evaluation_points(
@@ -364,8 +599,13 @@ def evaluation_points(
     c: float = 0.5,
     generator: torch.Generator | None = None,
     ddp: bool = False,
+    check_finite: bool = False,
 ) -> tuple[Tensor, ...]:
-    """The points at which ``spec`` evaluates the critic, from explicit or drawn randomness."""
+    """The points at which ``spec`` evaluates the critic, from explicit or drawn randomness.
+
+    Every part keeps its own dtype: α is drawn (or converted) in the widest dtype of the
+    parts and rounded to each part's own.
+    """
     if spec.points == "real":
         r = _parts(where, "real", real)
         _check_devices(where, [("real", t) for t in r])
@@ -377,17 +617,21 @@ def evaluation_points(
     r = _parts(where, "real", real)
     if spec.points == "perturbed_real":
         _check_devices(where, [("real", t) for t in r])
-        a = _alpha(where, alpha, r[0], generator)
+        if check_finite:  # before σ, which one bad sample makes NaN for every point
+            for p in r:
+                _finite(where, "real", p, note=v.DRAGAN_SIGMA_NOTE)
+        a = _alpha(where, alpha, r, generator)
         u = _noise(where, noise, r, generator)
         stats = _dist.GlobalStatistics() if ddp and _dist.active() else xp  # σ over every rank
-        return _points.dragan_points(r, a, u, c, stats)
+        return tuple(_points.dragan_points((p,), _in_dtype(a, p), (n,), c, stats)[0]
+                     for p, n in zip(r, u))
     f = _parts(where, "fake", fake)
     v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
     for i, (rt, ft) in enumerate(zip(r, f)):
         v.check_same_dtype(where, [(f"real[{i}]", str(rt.dtype)), (f"fake[{i}]", str(ft.dtype))])
     _check_devices(where, [("real", t) for t in r] + [("fake", t) for t in f])
-    a = _alpha(where, alpha, r[0], generator)
-    return _points.interpolates(r, f, a, xp)
+    a = _alpha(where, alpha, r, generator)
+    return tuple(_points.interpolates((p,), (q,), _in_dtype(a, p), xp)[0] for p, q in zip(r, f))
 
 
 def run(
@@ -433,6 +677,7 @@ def run(
     pts = evaluation_points(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator,
         ddp=_is_ddp(critic),
+        check_finite=check_finite,
     )
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
     grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
@@ -482,8 +727,11 @@ def grad_norm(
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
-    return norms_from_gradients(input_gradients(where, critic, pts, create_graph, None,
-                                                call)[0])
+    grads, _, anchor = input_gradients(where, critic, pts, create_graph, None, call)
+    norms = norms_from_gradients(grads)
+    if anchor is not None:  # zero per sample: every parameter gets a gradient
+        norms = norms + _zero_term(anchor, norms)
+    return norms
 
 
 def from_scores(
@@ -500,7 +748,12 @@ def from_scores(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
-    """A penalty evaluated at ``points`` from ``scores`` the caller already computed there."""
+    """A penalty evaluated at ``points`` from ``scores`` the caller already computed there.
+
+    The caller's forward graph is kept (``retain_graph``): the adversarial loss still runs
+    backward through it. With a graph, the scores times zero join the value, as in
+    StyleGAN2-ADA, so every parameter that produced them gets a gradient (DDP needs one).
+    """
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_torch.from_scores({spec.name!r})"
@@ -517,15 +770,28 @@ def from_scores(
             f"requires_grad=True set before the critic call: real = real.detach()."
             f"requires_grad_(); scores = critic(real); penalty = from_scores('r1', scores, real)."
         )
+    computed = [i for i, p in enumerate(parts) if not p.is_leaf]
+    if computed:
+        raise ValueError(v.from_scores_not_leaf(where, computed[0], len(parts) > 1))
     if not isinstance(scores, torch.Tensor):
         raise v.bad_output_type(where, type(scores).__name__, "torch.Tensor")
+    if not scores.requires_grad:
+        raise RuntimeError(
+            f"{where}: the scores do not require grad: they were computed under "
+            f"torch.no_grad() or inference_mode, or detached, so they hold no graph to "
+            f"differentiate. Compute them with gradients enabled, from the points with "
+            f"requires_grad=True: scores = critic(real)."
+        )
     v.check_output_shape(where, tuple(scores.shape), parts[0].shape[0])
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
     t = spec.default_target if target is None else target
     t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
-    grads = _gradient_of_scores(where, scores, parts, create_graph, scaler)
-    return _finish(where, grads, scores, None, spec.shape, check_finite, parts,
-                   weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
-                   global_batch_size=gbs)
+    scale = _inner_scale(where, scaler)
+    create_graph = create_graph and torch.is_grad_enabled()
+    total = scores.sum()
+    grads = _gradient_of_scores(where, total, parts, create_graph, scale, retain_graph=True)
+    return _finish(where, grads, scores, total if create_graph else None, spec.shape,
+                   check_finite, parts, weight=spec.weight_factor * w, target=t,
+                   ratio=bool(ratio), reduction=red, global_batch_size=gbs)

@@ -18,6 +18,11 @@ zeros_like = torch.zeros_like
 ones_like = torch.ones_like
 mean = torch.mean
 max = torch.amax
+abs = torch.abs
+
+
+def stop_gradient(x: Any) -> Any:
+    return x.detach()
 
 
 def sum(x: Any, axis: Any = None) -> Any:

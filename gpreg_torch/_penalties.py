@@ -60,12 +60,22 @@ _RNG = {
     "name": "``generator``",
     "name_plain": "generator",
     "scaler": "        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision: the inner\n"
-    "            gradient is taken of the scaled output and unscaled out of place, and the norm\n"
-    "            is computed in float32. Then ``scaler.scale(loss).backward()`` as usual. Also\n"
-    "            an object that holds the scaler as ``.scaler``: an ``accelerate.Accelerator``\n"
-    "            (then ``accelerator.backward(loss)``) or a Lightning precision plugin\n"
-    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);\n"
-    "            under their bf16 or 32-bit precision there is no scaler, and none is used.\n",
+    "            gradient is taken of the scaled output (its current scale, read without a
+"
+    "            device sync and capped at 2**15, below float16's maximum) and unscaled out
+"
+    "            of place, and the norm is computed in float32. Then
+"
+    "            ``scaler.scale(loss).backward()`` as usual. Also an object that holds the
+"
+    "            scaler as ``.scaler``: an ``accelerate.Accelerator`` (then
+"
+    "            ``accelerator.backward(loss)``) or a Lightning precision plugin
+"
+    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);
+"
+    "            under their bf16 or 32-bit precision there is no scaler, and none is used.
+",
 }
 
 
@@ -302,7 +312,7 @@ def grad_norm(
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
     output: Output = None,
-    create_graph: bool = False,
+    create_graph: bool = True,
 ) -> Tensor:
     return _core.grad_norm(critic, points, create_graph=create_graph,
                            where="gpreg_torch.grad_norm", args=args, kwargs=kwargs,
@@ -335,10 +345,12 @@ def from_scores(
 
         R_1 = \frac{\gamma}{2} \cdot \frac{1}{B} \sum_{i=1}^{B} n_i^2 .
 
-    ``points`` must be the tensor(s) the scores were computed from, with
-    ``requires_grad_()`` set before the critic call (detached from the generator). Same value
-    and gradients as :func:`r1` (tested); what the saved forward buys is measured in the
-    benchmarks.
+    ``points`` must be the tensor(s) the scores were computed from, created as the critic's
+    input with ``requires_grad_()`` set before the critic call (``x.detach().requires_grad_()``:
+    detached from the generator). Same value and gradients as :func:`r1` (tested); what the
+    saved forward buys is measured in the benchmarks. Your forward's graph is kept for your
+    own backward, also with ``create_graph=False``; with a graph, the scores times zero join
+    the value, so every parameter that produced them gets a gradient (DDP needs one).
 
     Args:
         penalty: ``"r1"``, ``"r2"`` or a plugin evaluated at ``"real"``/``"fake"``.
@@ -355,7 +367,10 @@ def from_scores(
 
     Raises:
         ValueError: a penalty evaluated elsewhere (interpolates, DRAGAN), points without
-            ``requires_grad``, or scores not led by the batch.
+            ``requires_grad`` or computed by other operations (``fake = G(z)``: the penalty
+            would reach the generator), or scores not led by the batch.
+        RuntimeError: scores without a graph (computed under ``torch.no_grad()``).
+        TypeError: a ``scaler`` that is not a ``GradScaler``.
 
     Example:
         >>> import torch, gpreg_torch as gp

@@ -53,6 +53,54 @@ def test_shapes_closed_form(ratio):
     assert_close(_math.squared(n, target=t, ratio=ratio, xp=np), n**2, "float64")
 
 
+@pytest.mark.parametrize("shape", [_math.two_sided, _math.one_sided, _math.squared])
+def test_a_nan_norm_gives_a_nan_penalty_in_every_shape(shape):
+    """The one-sided shape's where(d > 0, d, 0) turned a NaN norm into a 0 penalty."""
+    n = np.array([np.nan, 0.5, 2.0])
+    out = shape(n, target=1.0, ratio=False, xp=np)
+    assert np.isnan(out[0]) and np.isfinite(out[1:]).all()
+    assert np.isnan(_math.reduce(out, "max", np)) and np.isnan(_math.reduce(out, "mean", np))
+
+
+@pytest.mark.parametrize(("dtype", "s"), [("float32", 1e-25), ("float32", 1e19),
+                                          ("float64", 1e-170), ("float64", 1e160)])
+def test_per_sample_norm_is_exact_across_the_float_range(dtype, s):
+    """Entries s in a (2, 2, 2) and a (2, 4) part: the norm is sqrt(8) s (closed form). The
+    plain sum of squares gave 0 (tiny) or Inf (huge)."""
+    g1, g2 = np.full((2, 2, 2), s, dtype=dtype), np.full((2, 4), s, dtype=dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        naive = _math.safe_norm(_math.per_sample_sq_sum([g1, g2], np), np)
+    assert naive[0] == 0 or np.isinf(naive[0])
+    n = _math.per_sample_norm([g1, g2], np)
+    assert n.dtype == np.dtype(dtype)
+    assert_close(n, np.full(2, np.sqrt(8.0) * s), dtype)
+
+
+def test_per_sample_norm_keeps_zero_inf_and_nan():
+    g = np.array([[0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0], [3.0, -4.0], [-np.inf, np.nan]])
+    n = _math.per_sample_norm([g], np)
+    assert n[0] == 0 and n[1] == np.inf and np.isnan(n[2]) and n[3] == 5.0 and np.isnan(n[4])
+    assert _math.per_sample_norm([np.array([-3.0, 0.0])], np).tolist() == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("betas", [(0.9,), (0.0, 0.99, 0.5), 0.99])
+def test_lazy_adam_needs_two_betas(betas):
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\)"):
+        gpreg.LazyRegularization(4).adam(1e-3, betas)
+
+
+@pytest.mark.parametrize(("step", "exc"), [(1.0, TypeError), (2.5, TypeError),
+                                           (-4, ValueError), (True, TypeError)])
+def test_lazy_active_needs_a_non_negative_int(step, exc):
+    with pytest.raises(exc, match="step must be a non-negative int"):
+        gpreg.LazyRegularization(4).active(step)
+
+
+def test_lazy_active_accepts_integer_scalars():
+    lazy = gpreg.LazyRegularization(4)
+    assert lazy.active(np.int64(8)) and not lazy.active(np.int32(3)) and lazy.active(0)
+
+
 def test_reductions():
     x = np.array([1.0, 4.0, 2.0])
     assert _math.reduce(x, "mean", np) == pytest.approx(7 / 3)

@@ -77,6 +77,13 @@ def penalty(name: str, scores: Callable[..., torch.Tensor], params: Sequence[tor
                            for d, p in zip(dparams, params)], n.detach().numpy())
 
 
+def shape_of_norms(shape: str, norms: np.ndarray, target: float = 1.0) -> np.ndarray:
+    """The per-sample penalty shapes in closed form (NumPy): two-sided, one-sided, squared."""
+    d = np.asarray(norms, dtype=np.float64) - target
+    return {"two_sided": d**2, "one_sided": np.maximum(d, 0) ** 2,
+            "squared": np.asarray(norms, dtype=np.float64) ** 2}[shape]
+
+
 def as64(x: Any) -> torch.Tensor:
     """A float64 torch tensor (from NumPy, torch, or any array with ``__array__``)."""
     if isinstance(x, torch.Tensor):

@@ -133,8 +133,8 @@ def test_batchnorm_in_training_mode_warns_once_per_critic():
     from gpreg import BatchNormWarning
 
     bn_critic = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
-    with pytest.warns(BatchNormWarning, match=r"batch normalization in training mode \(1\).*"
-                                              r"LayerNorm or GroupNorm"):
+    with pytest.warns(BatchNormWarning, match=r"batch normalization that uses batch "
+                                              r"statistics \(1\).*LayerNorm or GroupNorm"):
         gp.r1(bn_critic, real)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

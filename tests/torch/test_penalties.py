@@ -123,12 +123,17 @@ def test_no_gradient_reaches_real_or_fake():
     assert all(p.grad is not None for p in critic[0].parameters())
 
 
-def test_untouched_last_bias_is_fine_and_gets_no_gradient():
+def test_untouched_last_bias_gets_an_exact_zero_gradient():
+    """As in StyleGAN2-ADA (``logits * 0``): a parameter of the forward that the penalty does
+    not reach gets a zero gradient, not None, so that Adam steps it as theirs does."""
     critic = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
     value = gp.r1(critic, torch.randn(4, 3, dtype=torch.float64))
-    value.backward()  # no error although critic[2].bias takes no part
-    assert critic[2].bias.grad is None
+    value.backward()
+    assert critic[2].bias.grad is not None and torch.count_nonzero(critic[2].bias.grad) == 0
     assert critic[0].weight.grad is not None
+    plain = nn.Linear(3, 1).double()  # behind a closure gpreg sees no module: None stays
+    gp.r1(lambda x: plain(x), torch.randn(4, 3, dtype=torch.float64)).backward()
+    assert plain.bias.grad is None
 
 
 def test_create_graph_false_is_evaluation_only():

@@ -84,16 +84,6 @@ def test_bfloat16_autocast_needs_no_scaler():
     assert rel(weight_grads(value, critic), ref_grads) < 3e-2
 
 
-def test_overflow_shows_as_inf_for_the_scaler_to_skip():
-    """Too large a scale overflows float16: the penalty is Inf (never a silent 0), so
-    GradScaler.step skips the update and lowers the scale, as for any loss."""
-    critic = mlp()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
-    with torch.autocast("cpu", dtype=torch.float16):
-        value = gp.r1(critic, torch.randn(8, 16), scaler=scaler)
-    assert not math.isfinite(value.item())
-
-
 # --- forward reuse --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["r1", "r2"])
@@ -261,27 +251,21 @@ def test_fused_cpu_attention_has_no_double_backward():
     assert math.isfinite(value.item())
 
 
-def test_default_grad_scaler_backs_off_until_the_penalty_is_finite():
-    """GradScaler starts at 2**16, which overflows float16 in the penalty's inner backward of
-    a conv critic: the step is skipped and the scale lowered, as for any overflowing loss,
-    until the penalty is finite (here within a few steps)."""
+def test_default_grad_scaler_gives_a_finite_conv_critic_step_from_the_start():
+    """GradScaler starts at 2**16, above float16's maximum: the penalty's inner backward is
+    scaled by at most 2**15, so the first step of a float16 conv critic is already finite
+    (it overflowed before). Whether the outer backward fits float16 at 2**16 is the
+    scaler's business, as for any loss."""
     torch.manual_seed(0)
     critic = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
                            nn.Linear(16 * 8 * 8, 1))
     opt = torch.optim.SGD(critic.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu")
     real, fake = torch.randn(16, 3, 16, 16), torch.randn(16, 3, 16, 16)
-    finite_at = None
-    for step in range(12):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.float16):
-            loss = critic(fake).mean() - critic(real).mean() + gp.wgan_gp(
-                critic, real, fake, alpha=torch.rand(16), scaler=scaler)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        if math.isfinite(loss.item()):
-            finite_at = step
-            break
-    assert finite_at is not None and finite_at > 0  # the first steps overflowed
-    assert scaler.get_scale() < 2.0**16
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = critic(fake).mean() - critic(real).mean() + gp.wgan_gp(
+            critic, real, fake, alpha=torch.rand(16), scaler=scaler)
+    assert math.isfinite(loss.item())
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
