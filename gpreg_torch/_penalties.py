@@ -60,22 +60,14 @@ _RNG = {
     "name": "``generator``",
     "name_plain": "generator",
     "scaler": "        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision: the inner\n"
-    "            gradient is taken of the scaled output (its current scale, read without a
-"
-    "            device sync and capped at 2**15, below float16's maximum) and unscaled out
-"
-    "            of place, and the norm is computed in float32. Then
-"
-    "            ``scaler.scale(loss).backward()`` as usual. Also an object that holds the
-"
-    "            scaler as ``.scaler``: an ``accelerate.Accelerator`` (then
-"
-    "            ``accelerator.backward(loss)``) or a Lightning precision plugin
-"
-    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);
-"
-    "            under their bf16 or 32-bit precision there is no scaler, and none is used.
-",
+    "            gradient is taken of the scaled output (its current scale, read without a\n"
+    "            device sync and capped at 2**15, below float16's maximum) and unscaled out\n"
+    "            of place, and the norm is computed in float32. Then\n"
+    "            ``scaler.scale(loss).backward()`` as usual. Also an object that holds the\n"
+    "            scaler as ``.scaler``: an ``accelerate.Accelerator`` (then\n"
+    "            ``accelerator.backward(loss)``) or a Lightning precision plugin\n"
+    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);\n"
+    "            under their bf16 or 32-bit precision there is no scaler, and none is used.\n",
 }
 
 
