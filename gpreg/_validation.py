@@ -109,11 +109,22 @@ def check_ddof(where: str, ddof: object, n_elements: int | None) -> int:
     return int(ddof)  # type: ignore[call-overload]
 
 
-def unused_alpha(where: str) -> ValueError:
+_NO_ALPHA = {
+    "perturbation='gaussian'": (
+        "the paper's x + delta, delta ~ N(0, c I), has no random fraction; use "
+        "perturbation='uniform' for the reference code's x + alpha * c * std * u"
+    ),
+    "points='real_fake'": (
+        "the critic is evaluated at the real and the fake samples themselves; use "
+        "points='interpolates' for alpha * real + (1 - alpha) * fake"
+    ),
+}
+
+
+def unused_alpha(where: str, setting: str) -> ValueError:
+    """``alpha`` given where it plays no part: ``setting`` is a key of ``_NO_ALPHA``."""
     return ValueError(
-        f"{where}: alpha is not used with perturbation='gaussian' (the paper's x + delta, "
-        f"delta ~ N(0, c I), has no random fraction); pass alpha=None, or "
-        f"perturbation='uniform' for the reference code's x + alpha * c * std * u."
+        f"{where}: alpha is not used with {setting} ({_NO_ALPHA[setting]}). Pass alpha=None."
     )
 
 

@@ -287,7 +287,10 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="unknown perturbation 'normal'; expected one of "
                                          "'uniform', 'gaussian'"):
         v.check_choice("f", "perturbation", "normal", ("uniform", "gaussian"))
-    assert "alpha is not used with perturbation='gaussian'" in str(v.unused_alpha("f"))
+    assert "alpha is not used with perturbation='gaussian'" in str(
+        v.unused_alpha("f", "perturbation='gaussian'"))
+    assert "alpha is not used with points='real_fake'" in str(
+        v.unused_alpha("f", "points='real_fake'"))
 
 
 def test_tolerance_table():
