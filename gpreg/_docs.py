@@ -8,12 +8,26 @@ Each adapter fills ``<<example>>`` (a runnable example in its framework), ``<<rn
 from __future__ import annotations
 
 COMMON = (
-    "The critic is called with the evaluation points (one tensor, or the parts of a tuple as\n"
-    "    separate positional arguments); its output keeps the batch as leading dimension and is\n"
-    "    summed per sample. :math:`n_i` is the Euclidean norm of the gradient of sample ``i``'s\n"
-    "    summed output with respect to all of sample ``i``'s input elements. The points are\n"
-    "    detached: no gradient reaches ``real`` or ``fake`` (nor the generator behind them)."
+    "The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one\n"
+    "    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional\n"
+    "    model with several inputs gets them as one list), then the conditioning in ``args`` and\n"
+    "    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``\n"
+    "    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is\n"
+    "    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all\n"
+    "    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no\n"
+    "    gradient reaches ``real`` or ``fake`` (nor the generator behind them)."
 )
+
+CALL_ARGS = r"""        args: extra positional arguments for the critic after the points (labels, class
+            embeddings, StyleGAN's ``c``): never differentiated nor interpolated; tensors in
+            it need the batch as leading dimension (one row per evaluation point). Pass the
+            critic module itself with ``args=`` rather than a closure: gpreg then sees the
+            module (data parallelism, BatchNorm, compiled and recurrent critics).
+        kwargs: extra keyword arguments for the critic (``{"training": True}`` in Keras).
+        output: which part of a structured output is the score: an index, a key or
+            attribute name, or a callable (``output="adv_output"``, ``output=0``,
+            ``output=lambda o: o.logits``); ``None`` for a critic that returns the scores.
+"""
 
 TEMPLATES: dict[str, str] = {}
 
@@ -41,7 +55,7 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
         ratio: use the ratio form :math:`(n/t - 1)^2`.
         alpha: interpolation weights, shape ``(B,)`` (or ``(B, 1, ..., 1)``), or a number
             for all samples; ``None`` draws :math:`\alpha_i \sim U[0, 1)` per sample.
-<<rng_alpha>>        reduction: ``"mean"`` (default), ``"sum"``, ``"max"`` or ``"none"`` (the scaled
+<<rng_alpha>><<call_args>>        reduction: ``"mean"`` (default), ``"sum"``, ``"max"`` or ``"none"`` (the scaled
             per-sample vector of shape ``(B,)``).
         create_graph: keep the graph of the input gradient so the penalty is differentiable
             with respect to the critic's parameters (double backprop). ``False`` is for
@@ -60,8 +74,11 @@ TEMPLATES["wgan_gp"] = r"""WGAN-GP: two-sided gradient penalty at random interpo
     Raises:
         ValueError: shapes of ``real`` and ``fake`` differ, ``alpha`` has the wrong shape,
             the batch is empty, the critic's output does not lead with the batch, unknown
-            ``reduction``, negative or non-finite ``weight``/``target``.
-        TypeError: integer/bool points, or a critic returning something other than a tensor.
+            ``reduction``, negative or non-finite ``weight``/``target``, a tensor in ``args``
+            whose leading dimension is not the batch, ``output`` that selects nothing.
+        TypeError: integer/bool points, a critic returning something other than a tensor (a
+            tuple or dict without ``output``: the message names its keys), ``args`` not a
+            tuple, ``kwargs`` not a dict.
         RuntimeError: the critic's output does not depend on its input.
 
     Example:
@@ -88,7 +105,7 @@ TEMPLATES["wgan_lp"] = r"""WGAN-LP: one-sided Lipschitz penalty at random interp
     <<common>>
 
     Args:
-        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        critic, real, fake, weight, target, ratio, alpha, <<rng_name_plain>>, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -114,7 +131,7 @@ TEMPLATES["zero_gp"] = r"""0-GP: zero-centred gradient penalty at random interpo
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -143,7 +160,7 @@ TEMPLATES["max_gp"] = r"""Max-GP (LGAN): the largest squared gradient norm over 
     <<common>>
 
     Args:
-        critic, real, fake, weight, alpha, <<rng_name_plain>>, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        critic, real, fake, weight, alpha, <<rng_name_plain>>, args, kwargs, output, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
         reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -175,7 +192,7 @@ TEMPLATES["r1"] = r"""R1: zero-centred gradient penalty on real data.
         real: real batch (tensor or tuple of tensors).
         gamma: :math:`\gamma`, non-negative (default 10, the paper's; StyleGAN2-ADA's
             fixed presets use 0.5 to 10, and its automatic rule 0.0002·resolution²/batch).
-        reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -206,7 +223,7 @@ TEMPLATES["r2"] = r"""R2: zero-centred gradient penalty on generated data.
     Args:
         critic: as in :func:`wgan_gp`.
         fake: generated batch (tensor or tuple of tensors).
-        gamma, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`r1`.
+        gamma, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`r1`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -237,7 +254,7 @@ TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed re
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
-        weight, target, ratio, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        weight, target, ratio, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
         c: perturbation scale relative to :math:`\sigma` (default 0.5).
         alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
             :math:`U[0, 1)`.
@@ -280,7 +297,7 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
         points: where to evaluate (a tensor or a tuple of tensors).
         shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
         weight: :math:`\lambda` (default 1).
-        target, ratio, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        target, ratio, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
@@ -300,6 +317,7 @@ TEMPLATES["grad_norm"] = r"""Per-sample input-gradient norms :math:`n_i = \lVert
     Args:
         critic: as in :func:`wgan_gp`.
         points: a tensor or a tuple of tensors.
+        args, kwargs, output: as in :func:`wgan_gp`.
         create_graph: keep the graph (to differentiate the norms themselves).
 
     Returns:
@@ -329,4 +347,5 @@ def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
     for key in ("alpha", "draws", "name_plain", "name"):
         doc = doc.replace(f"<<rng_{key}>>", rng[key])
     doc = doc.replace("<<scaler>>", rng["scaler"])
+    doc = doc.replace("<<call_args>>", CALL_ARGS)
     return doc.replace("<<tensor>>", tensor)

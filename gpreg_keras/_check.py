@@ -20,10 +20,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from gpreg import _call as _callmod
 from gpreg import _check as core
 from gpreg import _validation as v
+from gpreg._call import Call
 from gpreg._check import CheckReport
 from gpreg._specs import PenaltySpec
+from gpreg_keras._calling import arrange
 
 WHERE = "gpreg_keras.check_critic"
 _FLOATS = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
@@ -126,35 +129,49 @@ def _model_dtype(model: Any) -> str:
 
 def _pure(model: Any, tv: list[Any], ntv: list[Any],
           training: bool | None) -> Callable[..., Any]:
-    """``critic(*points)`` through ``model.stateless_call`` (like :func:`stateless_critic`,
-    but ``training`` goes in only when set and the model's ``call`` takes it)."""
-    kw = {}
-    if training is not None and getattr(model, "_call_has_training_arg", True):
-        kw["training"] = bool(training)
+    """``critic(*points)`` through ``model.stateless_call`` (:func:`stateless_critic`;
+    ``training`` goes in only when set and the model's ``call`` takes it)."""
+    from gpreg_keras._stateless import stateless_critic
 
-    def critic(*points: Any) -> Any:
-        x = points[0] if len(points) == 1 else list(points)
-        out, _ = model.stateless_call(tv, ntv, x, **kw)
-        return out
-
-    return critic
+    return stateless_critic(model, tv, ntv, training=training)
 
 
-def _stateless_parts(critic: Any) -> tuple[Any, list[Any], list[Any], bool] | None:
+def _raw_call(critic: Any, parts: Sequence[Any], call: Call) -> Any:
+    """The critic's scores at ``parts`` with the check's extra arguments."""
+    inner = getattr(critic, "_gpreg_call", None)
+    if inner is not None:
+        raw = inner(tuple(parts), call.args, call.kwargs)
+    else:
+        raw = critic(*arrange(critic, tuple(parts), call.args), **call.kwargs)
+    return raw if call.output is None and ops.is_tensor(raw) else _callmod.pick_output(
+        WHERE, raw, call.output, ops.is_tensor)
+
+
+def _cast_call(call: Call, dtype: str) -> Call:
+    """``call`` with its floating tensors and arrays in the check's dtype."""
+    def cast(x: Any) -> Any:
+        if isinstance(x, np.ndarray) or ops.is_tensor(x):
+            a = _np(x)
+            return _tensor(a, dtype) if a.dtype.kind == "f" else x
+        return x
+
+    return Call(_callmod.map_leaves(cast, call.args), _callmod.map_leaves(cast, call.kwargs),
+                call.output)
+
+
+def _stateless_parts(critic: Any) -> tuple[Any, list[Any], list[Any], bool | None] | None:
     """``(model, trainable, non_trainable, training)`` of a ``gp.stateless_critic`` closure."""
-    if getattr(critic, "__qualname__", "") != "stateless_critic.<locals>.critic":
+    parts = getattr(critic, "_gpreg_stateless", None)
+    if parts is None:
         return None
-    cells = dict(zip(critic.__code__.co_freevars, critic.__closure__ or ()))
-    try:
-        return (cells["model"].cell_contents, list(cells["tv"].cell_contents),
-                list(cells["ntv"].cell_contents), bool(cells["training"].cell_contents))
-    except (KeyError, ValueError):
-        return None
+    model, tv, ntv, training = parts
+    return model, list(tv), list(ntv), training
 
 
 class _Data:
     def __init__(self, real: tuple, fake: tuple | None, alpha: np.ndarray,
-                 noise: tuple, dtype: str) -> None:
+                 noise: tuple, dtype: str, call: Call) -> None:
+        self.call = call
         self.real = tuple(_tensor(a, dtype) for a in real)
         self.fake = None if fake is None else tuple(_tensor(a, dtype) for a in fake)
         self.alpha = _tensor(alpha, dtype)
@@ -166,7 +183,8 @@ class _Data:
         def one(parts: tuple) -> Any:
             return parts[0] if len(parts) == 1 else parts
 
-        kw: dict[str, Any] = {"create_graph": create_graph}
+        kw: dict[str, Any] = {"create_graph": create_graph, "args": self.call.args,
+                              "kwargs": self.call.kwargs, "output": self.call.output}
         if spec.points == "interpolates":
             assert self.fake is not None
             data = (one(self.real), one(self.fake))
@@ -285,7 +303,8 @@ class _StatelessTarget:
         return _float(value.detach()), _torch_grads(value, tv)
 
     def outputs(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        out = self.make(self.tv)(*[_tensor(p, self.dtype) for p in parts])
+        out = _raw_call(self.make(self.tv), [_tensor(p, self.dtype) for p in parts],
+                        self.data.call)
         a = _np(out).astype(np.float64)
         return a.reshape(a.shape[0], -1).sum(axis=1)
 
@@ -378,21 +397,21 @@ class _StatefulTarget:
 
     def outputs(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         self._restore()
-        out = self.critic(*[_tensor(p, self.dtype) for p in parts])
+        out = _raw_call(self.critic, [_tensor(p, self.dtype) for p in parts], self.data.call)
         self._restore()
         a = _np(out).astype(np.float64)
         return a.reshape(a.shape[0], -1).sum(axis=1)
 
 
 def _hidden(critic: Callable[..., Any], parts: tuple[np.ndarray, ...], dtype: str,
-            known: set[int]) -> list[str]:
+            known: set[int], call: Call) -> list[str]:
     """Parameters that a plain-function critic uses besides the ones that were copied."""
     pts = [_tensor(p, dtype) for p in parts]
     if _backend() == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            critic(*pts)
+            _raw_call(critic, pts, call)
         return [f"{var.name} {tuple(var.shape)}" for var in tape.watched_variables()
                 if id(var) not in known]
     if _backend() == "torch":
@@ -401,7 +420,7 @@ def _hidden(critic: Callable[..., Any], parts: tuple[np.ndarray, ...], dtype: st
         from gpreg_torch._check import _graph_leaves
 
         leaves = [p.requires_grad_(True) for p in pts]
-        out = critic(*leaves)
+        out = _raw_call(critic, leaves, call)
         ids = known | {id(p) for p in leaves}
         if not isinstance(out, torch.Tensor) or out.grad_fn is None:
             return []
@@ -466,16 +485,17 @@ class _Plan:
             self.notes.extend(f if f.startswith("tf-keras") else f"could not rebuild {f}"
                               for f in failed)
 
-    def probe(self) -> None:
+    def probe(self, call: Call) -> None:
         """Call the copy once on the data (raises what the critic raises)."""
         parts = [_tensor(a, self.dtype) for a in self.real]
+        call = _cast_call(call, self.dtype)
         if self.model is not None:
             ntv = [_tensor(_np(t), self.dtype) if _np(t).dtype.kind == "f" else t
                    for t in self.ntv]
             tv = [_tensor(_np(t), self.dtype) for t in self.tv]
-            _pure(self.model, tv, ntv, self.train)(*parts)
+            _raw_call(_pure(self.model, tv, ntv, self.train), parts, call)
         else:
-            self.fn(*parts)
+            _raw_call(self.fn, parts, call)
 
 
 def check_critic(
@@ -488,6 +508,9 @@ def check_critic(
     eps: float | None = None,
     rtol: float | None = None,
     dtype: str | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Any = None,
     training: bool | None = None,
     seed: Any = None,
 ) -> CheckReport:
@@ -532,6 +555,9 @@ def check_critic(
             Check in float32 to test the kernels your float32 training runs: some layers
             pick another implementation per dtype (tf-keras's LayerNormalization is fused,
             and exact, only in float32).
+        args, kwargs, output: the critic's extra arguments and output selector, as in the
+            penalties (``critic(*points, *args, **kwargs)``); floating tensors among them are
+            cast to the check's dtype.
         training: passed to the model's call (``None``: the model's default, inference).
         seed: an int, a ``keras.random.SeedGenerator`` or a JAX key that seeds the check's
             draws (points, directions); default: seed 0, so the same call gives the same
@@ -562,11 +588,13 @@ def check_critic(
         # says the same (sample coupling) once.
         warnings.simplefilter("ignore", getattr(v, "BatchNormWarning", UserWarning))
         return _check(critic, real, fake, penalties=penalties, directions=directions, eps=eps,
-                      rtol=rtol, dtype=dtype, training=training, seed=seed)
+                      rtol=rtol, dtype=dtype, training=training, seed=seed, args=args,
+                      kwargs=kwargs, output=output)
 
 
 def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any, eps: Any,
-           rtol: Any, dtype: Any, training: Any, seed: Any) -> CheckReport:
+           rtol: Any, dtype: Any, training: Any, seed: Any, args: Any, kwargs: Any,
+           output: Any) -> CheckReport:
     if not callable(critic):
         raise TypeError(f"{WHERE}: critic must be callable (a Keras model or a function); got "
                         f"{type(critic).__name__}.")
@@ -585,6 +613,9 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
     if fake_np is not None:
         v.check_same_shapes(WHERE, [a.shape for a in real_np], [a.shape for a in fake_np])
     specs = core.resolve_penalties(WHERE, penalties, fake_np is not None)
+    from gpreg_keras._core import call_options
+
+    call = call_options(WHERE, args, kwargs, output, real_np)
     seed_int = _seed(seed)
     notes: list[str] = []
     plan: _Plan | None = None
@@ -592,7 +623,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
     for dt in (dtype, "float32") if dtype == "float64" and wanted is None else (dtype,):
         try:
             plan = _Plan(critic, dt, training, real_np)
-            plan.probe()
+            plan.probe(call)
         except Exception as exc:
             first_error = first_error or exc
             plan = None
@@ -613,7 +644,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
                      f"TensorFlow backend for a float64 check")
     r_pts, d_rng, c_rng = core.streams(seed_int)
     alpha, noise = core.draws(r_pts, [a.shape for a in real_np])
-    data = _Data(real_np, fake_np, alpha, noise, dtype)
+    data = _Data(real_np, fake_np, alpha, noise, dtype, _cast_call(call, dtype))
     unchecked: list[str] = []
     target: _StatelessTarget | _StatefulTarget
     if plan.model is not None:
@@ -624,7 +655,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
         unchecked = list(plan.hidden)
         if backend != "jax":
             known = _variable_ids([var for _, var in plan.variables] + plan.state)
-            unchecked = _hidden(plan.fn, real_np, dtype, known)
+            unchecked = _hidden(plan.fn, real_np, dtype, known, _cast_call(call, dtype))
             if unchecked:
                 notes.append("pass the Keras model itself, or a function that calls it, so "
                              "that the check can copy every parameter")

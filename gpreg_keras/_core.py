@@ -15,28 +15,65 @@ import keras
 import numpy as np
 from keras import ops
 
-from gpreg import _math, _points
+from gpreg import _call, _math, _points
 from gpreg import _validation as v
+from gpreg._call import PLAIN, Call
 from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
 from gpreg_keras import _ops as xp
-
-
-def _positional(critic: Any) -> Any:
-    """Call convention: the parts go in as positional arguments; a multi-input Keras model
-    takes them as one list, the Keras way."""
-    if isinstance(critic, keras.Layer) and backend() != "jax":  # JAX refuses models later
-        model = critic
-
-        def call(*parts: Any) -> Any:
-            return model(parts[0] if len(parts) == 1 else list(parts))
-
-        call._gpreg_model = model  # type: ignore[attr-defined]
-        return call
-    return critic
+from gpreg_keras._calling import arrange
 
 
 def backend() -> str:
     return keras.backend.backend()
+
+
+def _shape_or_none(x: Any) -> tuple[Any, ...] | None:
+    if ops.is_tensor(x) or isinstance(x, np.ndarray):
+        return _static(x.shape)
+    return None
+
+
+def _stop(x: Any) -> Any:
+    return ops.stop_gradient(x) if ops.is_tensor(x) else x
+
+
+def _n_parts(x: Any) -> int:
+    return len(x) if isinstance(x, (tuple, list)) else 1
+
+
+def call_options(where: str, args: Any, kwargs: Any, output: Any, data: Any) -> Call:
+    """``args``/``kwargs``/``output`` checked against the batch of ``data`` (the real batch or
+    the points); tensors in them are stopped (conditioning is never differentiated)."""
+    if _call.is_plain(args, kwargs, output):
+        return PLAIN
+    args, kwargs = _call.check_call(where, args, kwargs, output)
+    first = data[0] if isinstance(data, (tuple, list)) and data else data
+    batch = _batch(first) if hasattr(first, "shape") and len(first.shape) else None
+    _call.check_arg_batches(where, args, batch, _shape_or_none)
+    return Call(_call.map_leaves(_stop, args), _call.map_leaves(_stop, kwargs), output)
+
+
+def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[..., Any]:
+    """``fn(*points)``: the critic's raw output at the points, with ``call.args`` and
+    ``call.kwargs``, by Keras's call convention (``gpreg_keras._calling``)."""
+    if not callable(critic):
+        raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
+    stateless = getattr(critic, "_gpreg_call", None)
+    if stateless is not None:  # gp.stateless_critic(...): it knows the model's convention
+        return lambda *pts: stateless(pts, call.args, call.kwargs)
+    if isinstance(critic, keras.Layer):
+        if backend() == "jax":
+            from gpreg_keras._jax import keras_model_error
+
+            raise keras_model_error(where)
+        if n_parts == 1 and call.plain and backend() == "tensorflow":
+            return critic
+        # (on torch, a Keras model is a torch module too: wrapped, gpreg_torch does not take
+        # it for a torch critic to inspect)
+        return lambda *pts: critic(*arrange(critic, pts, call.args), **call.kwargs)
+    if call.plain:
+        return critic
+    return lambda *pts: critic(*pts, *call.args, **call.kwargs)
 
 
 def _static(shape: Any) -> tuple[Any, ...]:
@@ -193,8 +230,8 @@ def _finite(where: str, what: str, x: Any) -> None:
 
 def input_gradients(
     where: str, critic: Callable[..., Any], points: tuple[Any, ...], create_graph: bool,
-    scaler: Any = None,
-) -> tuple[Any, ...]:
+    scaler: Any = None, output: Any = None,
+) -> tuple[tuple[Any, ...], Any]:
     scale = None if scaler is None else loss_scale(where, scaler)
     if backend() == "tensorflow":
         from gpreg_keras import _tensorflow as impl
@@ -202,10 +239,10 @@ def input_gradients(
         from gpreg_keras import _jax as impl  # type: ignore[no-redef]
     else:  # pragma: no cover - torch is routed to gpreg_torch before this point
         raise NotImplementedError(backend())
-    grads = impl.input_gradients(where, critic, points, create_graph, scale)
+    grads, out = impl.input_gradients(where, critic, points, create_graph, scale, output)
     if scale is not None:  # unscale out of place, in float32
         grads = tuple(ops.cast(g, "float32") / ops.cast(scale, "float32") for g in grads)
-    return grads
+    return grads, out
 
 
 def loss_scale(where: str, scaler: Any) -> Any:
@@ -300,26 +337,28 @@ def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, nois
 def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None,
         fake: Any = None, weight: float | None = None, target: float | None = None,
         ratio: bool = False, c: float = 0.5, alpha: Any = None, noise: Any = None,
-        seed: Any = None, reduction: str | None = None, create_graph: bool = True,
+        seed: Any = None, args: Any = (), kwargs: Any = None, output: Any = None,
+        reduction: str | None = None, create_graph: bool = True,
         scaler: Any = None, global_batch_size: int | None = None,
         check_finite: bool = False) -> Any:
     """Compute the penalty that ``spec`` describes on the active Keras backend."""
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_keras.{spec.name}"
-    critic = _positional(critic)
+    data = fake if spec.points == "fake" else real
+    call = call_options(where, args, kwargs, output, data)
+    fn = critic_fn(where, critic, call, _n_parts(data))
     _warn_batchnorm(where, critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
         alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed)
-        return torch_core.run(spec, critic, real=real, fake=fake, weight=weight, target=target,
-                              ratio=ratio, c=c, alpha=alpha, noise=noise, reduction=reduction,
-                              create_graph=create_graph, package="gpreg_keras",
+        return torch_core.run(spec, fn, real=real, fake=fake, weight=weight, target=target,
+                              ratio=ratio, c=c, alpha=alpha, noise=noise, output=call.output,
+                              reduction=reduction, create_graph=create_graph,
+                              package="gpreg_keras",
                               scaler=None if scaler is None else _TorchScalerView(where, scaler),
                               global_batch_size=global_batch_size, check_finite=check_finite)
-    if not callable(critic):
-        raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
     t = spec.default_target if target is None else target
     t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
@@ -329,31 +368,42 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         c = v.check_scalar(where, "c", c)
     pts = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
                             seed=seed)
+    return _penalty(where, fn, pts, call, create_graph, scaler, check_finite, spec.shape,
+                    weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
+                    global_batch_size=gbs)
+
+
+def _penalty(where: str, fn: Callable[..., Any], pts: tuple[Any, ...], call: Call,
+             create_graph: bool, scaler: Any, check_finite: bool, shape: str | Shape,
+             **kw: Any) -> Any:
+    """Input gradient → norms → shape → reduction, with the opt-in finite checks."""
     if check_finite:
         for p in pts:
             _finite(where, "an evaluation point (from real/fake)", p)
-    grads = input_gradients(where, critic, pts, create_graph, scaler)
+    grads, out = input_gradients(where, fn, pts, create_graph, scaler, call.output)
     norms = norms_from_gradients(grads)
     if check_finite:
-        _finite(where, "the critic's output", critic(*pts))
+        _finite(where, "the critic's output", out)
         _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
-    return apply_shape(where, norms, spec.shape, weight=spec.weight_factor * w, target=t,
-                       ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    return apply_shape(where, norms, shape, **kw)
 
 
 def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
             weight: float, target: float, ratio: bool, reduction: str,
-            create_graph: bool, scaler: Any = None, global_batch_size: int | None = None,
+            create_graph: bool, args: Any = (), kwargs: Any = None, output: Any = None,
+            scaler: Any = None, global_batch_size: int | None = None,
             check_finite: bool = False) -> Any:
     """Body of ``gradient_penalty``: a shape at user-chosen points."""
-    critic = _positional(critic)
+    call = call_options(where, args, kwargs, output, points)
+    fn = critic_fn(where, critic, call, _n_parts(points))
     _warn_batchnorm(where, critic)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
-        return torch_core.generic(critic, points, shape=shape, weight=weight, target=target,
+        return torch_core.generic(fn, points, shape=shape, weight=weight, target=target,
                                   ratio=ratio, reduction=reduction, create_graph=create_graph,
-                                  package="gpreg_keras", global_batch_size=global_batch_size,
+                                  output=call.output, package="gpreg_keras",
+                                  global_batch_size=global_batch_size,
                                   check_finite=check_finite,
                                   scaler=None if scaler is None else _TorchScalerView(where,
                                                                                       scaler))
@@ -363,23 +413,21 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     shp = shape_of(where, shape)
     pts = parts(where, "points", points)
-    if check_finite:
-        for p in pts:
-            _finite(where, "an evaluation point", p)
-    norms = norms_from_gradients(input_gradients(where, critic, pts, create_graph, scaler))
-    if check_finite:
-        _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
-    return apply_shape(where, norms, shp, weight=w, target=t, ratio=bool(ratio), reduction=red,
-                       global_batch_size=gbs)
+    return _penalty(where, fn, pts, call, create_graph, scaler, check_finite, shp, weight=w,
+                    target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
-def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool) -> Any:
-    critic = _positional(critic)
+def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool, *,
+              args: Any = (), kwargs: Any = None, output: Any = None) -> Any:
+    call = call_options(where, args, kwargs, output, points)
+    fn = critic_fn(where, critic, call, _n_parts(points))
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
-        return torch_core.grad_norm(critic, points, create_graph=create_graph, where=where)
-    grads = input_gradients(where, critic, parts(where, "points", points), create_graph)
+        return torch_core.grad_norm(fn, points, create_graph=create_graph, where=where,
+                                    output=call.output)
+    grads, _ = input_gradients(where, fn, parts(where, "points", points), create_graph,
+                               output=call.output)
     return norms_from_gradients(grads)
 
 

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import keras
 from jax.extend.core import Literal
 
+from gpreg import _call
 from gpreg import _validation as v
 
 
-def _keras_model_error(where: str) -> TypeError:
+def keras_model_error(where: str) -> TypeError:
     return TypeError(
         f"{where}: on the JAX backend the critic must be a pure function of the points, not a "
         f"Keras model: jax.grad can only differentiate with respect to the values you trace, "
@@ -47,29 +48,37 @@ def input_gradients(
     points: tuple[Any, ...],
     create_graph: bool,
     scale: Any = None,
-) -> tuple[Any, ...]:
-    """∂(Σ critic outputs)/∂points by ``jax.grad``, differentiable again by an outer grad."""
+    output: _call.Output = None,
+) -> tuple[tuple[Any, ...], Any]:
+    """∂(Σ critic outputs)/∂points by ``jax.grad``, differentiable again by an outer grad,
+    and the scores (``output`` picks them out of a structured output)."""
     if isinstance(critic, keras.Layer):
-        raise _keras_model_error(where)
+        raise keras_model_error(where)
     batch = int(points[0].shape[0])
 
-    def total(*pts: Any) -> Any:
+    def scores(*pts: Any) -> Any:
         try:
-            out = critic(*pts)
+            raw = critic(*pts)
         except (ValueError, TypeError) as exc:
             raise v.critic_failed(where, [tuple(p.shape) for p in pts], exc) from exc
+        if output is None and isinstance(raw, jax.Array):
+            return raw
+        return _call.pick_output(where, raw, output, lambda o: isinstance(o, jax.Array))
+
+    def total(*pts: Any) -> Any:
+        out = scores(*pts)
         if not isinstance(out, jax.Array):
             raise v.bad_output_type(where, type(out).__name__, "JAX array")
         v.check_output_shape(where, tuple(out.shape), batch)
-        total = jnp.sum(out)
-        return total if scale is None else total.astype(jnp.float32) * scale
+        summed = jnp.sum(out)
+        return (summed if scale is None else summed.astype(jnp.float32) * scale), out
 
-    grads = jax.grad(total, argnums=tuple(range(len(points))))(*points)
+    grads, out = jax.grad(total, argnums=tuple(range(len(points))), has_aux=True)(*points)
     tracing = any(isinstance(g, jax.core.Tracer) for g in grads)
     if (tracing or not any(bool(jnp.any(g != 0)) for g in grads)) and not _depends_on_inputs(
-        total, points
+        lambda *pts: total(*pts)[0], points
     ):
         raise v.independent_critic(where)
     if not create_graph:
         grads = tuple(jax.lax.stop_gradient(g) for g in grads)
-    return tuple(grads)
+    return tuple(grads), out

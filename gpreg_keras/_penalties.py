@@ -14,6 +14,7 @@ from gpreg_keras import _core
 Tensor = Any  # a tensor of the active Keras backend
 Critic = Callable[..., Tensor]
 Points = Any  # a tensor, or a tuple/list of tensors for a multi-input critic
+Output = int | str | Callable[[Any], Any] | None  # picks the scores out of a structured output
 
 EXAMPLES: dict[str, str] = {
     "wgan_gp": """        >>> import keras, gpreg_keras as gp
@@ -93,6 +94,9 @@ def wgan_gp(
     ratio: bool = False,
     alpha: Any = None,
     seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -101,7 +105,8 @@ def wgan_gp(
 ) -> Tensor:
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
-        alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
+        alpha=alpha, seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -118,6 +123,9 @@ def wgan_lp(
     ratio: bool = False,
     alpha: Any = None,
     seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -126,7 +134,8 @@ def wgan_lp(
 ) -> Tensor:
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
-        alpha=alpha, seed=seed, reduction=reduction, create_graph=create_graph,
+        alpha=alpha, seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -141,6 +150,9 @@ def zero_gp(
     weight: float = 10.0,
     alpha: Any = None,
     seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -149,7 +161,8 @@ def zero_gp(
 ) -> Tensor:
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
-        seed=seed, reduction=reduction, create_graph=create_graph,
+        seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -164,6 +177,9 @@ def max_gp(
     weight: float = 10.0,
     alpha: Any = None,
     seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "max",
     create_graph: bool = True,
     scaler: Any = None,
@@ -172,7 +188,8 @@ def max_gp(
 ) -> Tensor:
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
-        seed=seed, reduction=reduction, create_graph=create_graph,
+        seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -184,6 +201,9 @@ def r1(
     real: Points,
     *,
     gamma: float = 10.0,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -191,7 +211,8 @@ def r1(
     check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
-        "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph,
+        "r1", critic, real=real, weight=gamma,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -203,6 +224,9 @@ def r2(
     fake: Points,
     *,
     gamma: float = 10.0,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -210,7 +234,8 @@ def r2(
     check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
-        "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph,
+        "r2", critic, fake=fake, weight=gamma,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -228,6 +253,9 @@ def dragan(
     alpha: Any = None,
     noise: Points | None = None,
     seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -236,7 +264,8 @@ def dragan(
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
-        alpha=alpha, noise=noise, seed=seed, reduction=reduction,
+        alpha=alpha, noise=noise, seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
@@ -252,6 +281,9 @@ def gradient_penalty(
     weight: float = 1.0,
     target: float = 1.0,
     ratio: bool = False,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -260,15 +292,25 @@ def gradient_penalty(
 ) -> Tensor:
     return _core.generic(
         "gpreg_keras.gradient_penalty", critic, points, shape=shape, weight=weight,
-        target=target, ratio=ratio, reduction=reduction, create_graph=create_graph,
+        target=target, ratio=ratio,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
 
 
 @_documented("grad_norm")
-def grad_norm(critic: Critic, points: Points, *, create_graph: bool = False) -> Tensor:
-    return _core.grad_norm("gpreg_keras.grad_norm", critic, points, create_graph)
+def grad_norm(
+    critic: Critic,
+    points: Points,
+    *,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
+    create_graph: bool = False,
+) -> Tensor:
+    return _core.grad_norm("gpreg_keras.grad_norm", critic, points, create_graph, args=args,
+                           kwargs=kwargs, output=output)
 
 
 _PUBLIC: dict[str, Callable[..., Tensor]] = {

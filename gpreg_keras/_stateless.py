@@ -5,19 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gpreg_keras._calling import arrange
+
 
 def stateless_critic(
     model: Any,
     trainable_values: Sequence[Any] | None = None,
     non_trainable_values: Sequence[Any] | None = None,
     *,
-    training: bool = False,
+    training: bool | None = None,
 ) -> Callable[..., Any]:
     r"""A pure critic function over given variable values, for penalties on the JAX backend.
 
     ``model`` is a Keras model or layer; the returned function maps the points (one array, or
-    several for a multi-input model) to the model's output, computed with
-    ``model.stateless_call(trainable_values, non_trainable_values, ...)``. Differentiate your
+    several for a multi-input model) and any further arguments to the model's output,
+    computed with ``model.stateless_call(trainable_values, non_trainable_values, ...)``; the
+    inputs reach the model by the same rule as in the penalties (a Functional model with
+    several inputs gets them as one list; a model whose ``call`` takes several inputs, such as
+    ``call(self, image, label)``, gets them positionally). Differentiate your
     loss with respect to ``trainable_values`` and the penalty's parameter gradient is in it.
     Updates of non-trainable state made during the penalty pass (BatchNorm statistics) are
     discarded.
@@ -27,7 +32,8 @@ def stateless_critic(
         trainable_values: values for ``model.trainable_variables`` (default: their current
             values, which an outer ``jax.grad`` does not see).
         non_trainable_values: values for ``model.non_trainable_variables`` (default: current).
-        training: passed to the model's call.
+        training: passed to the model's call when given (``None``: not passed, Keras's
+            default). Penalties can pass it per call instead: ``kwargs={"training": True}``.
 
     Returns:
         ``critic(*points) -> scores``.
@@ -60,12 +66,24 @@ def stateless_critic(
         if non_trainable_values is None
         else list(non_trainable_values)
     )
+    takes_training = getattr(model, "_call_has_training_arg", True)
 
-    def critic(*points: Any) -> Any:
-        x = points[0] if len(points) == 1 else list(points)
-        kwargs = {"training": training} if getattr(model, "_call_has_training_arg", True) else {}
-        out, _ = model.stateless_call(tv, ntv, x, **kwargs)
+    def call(points: Sequence[Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        kw = dict(kwargs)
+        if training is not None and takes_training and (
+                kw.setdefault("training", training) != training):
+            raise ValueError(
+                f"gpreg_keras.stateless_critic: the critic was built with training={training} "
+                f"and is called with training={kw['training']}; give the flag in one place "
+                f"(kwargs={{'training': ...}} on the penalty)."
+            )
+        out, _ = model.stateless_call(tv, ntv, *arrange(model, points, args), **kw)
         return out
 
+    def critic(*inputs: Any, **kwargs: Any) -> Any:
+        return call(inputs, (), kwargs)
+
     critic._gpreg_model = model  # type: ignore[attr-defined]  # for gpreg's layer checks
+    critic._gpreg_call = call  # type: ignore[attr-defined]  # points and args kept apart
+    critic._gpreg_stateless = (model, tv, ntv, training)  # type: ignore[attr-defined]
     return critic

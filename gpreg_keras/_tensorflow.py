@@ -13,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from gpreg import _call
 from gpreg import _validation as v
 
 _lock = threading.RLock()
@@ -88,17 +89,21 @@ def input_gradients(
     points: tuple[Any, ...],
     create_graph: bool,
     scale: Any = None,
-) -> tuple[Any, ...]:
+    output: _call.Output = None,
+) -> tuple[tuple[Any, ...], Any]:
     """∂(Σ critic outputs)/∂points with a nested tape, one tensor per part (of the output
-    times ``scale`` when a loss scale is given; the caller unscales)."""
+    times ``scale`` when a loss scale is given; the caller unscales), and the scores
+    (``output`` picks them out of a structured output)."""
     batch = points[0].shape[0]
     with exact_moments(), tf.GradientTape(watch_accessed_variables=False) as tape:
         for p in points:
             tape.watch(p)
         try:
-            out = critic(*points)
+            raw = critic(*points)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
             raise v.critic_failed(where, [tuple(p.shape) for p in points], exc) from exc
+        out = raw if output is None and tf.is_tensor(raw) else _call.pick_output(
+            where, raw, output, tf.is_tensor)
         if not tf.is_tensor(out):
             raise v.bad_output_type(where, type(out).__name__, "tensor")
         if batch is not None:
@@ -112,4 +117,4 @@ def input_gradients(
     grads = [tf.zeros_like(p) if g is None else g for g, p in zip(grads, points)]
     if not create_graph:
         grads = [tf.stop_gradient(g) for g in grads]
-    return tuple(grads)
+    return tuple(grads), out

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpreg import _call as _callmod
 from gpreg import _check as core
 from gpreg import _validation as v
+from gpreg._call import Call
 from gpreg._check import CheckReport
 from gpreg._specs import PenaltySpec
 from gpreg_torch import _core
@@ -136,8 +138,8 @@ class _Target:
 
     def __init__(self, twin: _Copy, specs: list[PenaltySpec], real: tuple[Tensor, ...],
                  fake: tuple[Tensor, ...] | None, alpha: Tensor, noise: tuple[Tensor, ...],
-                 seed: int) -> None:
-        self.twin, self.specs = twin, specs
+                 seed: int, call: Call) -> None:
+        self.twin, self.specs, self.call = twin, specs, call
         self.real, self.fake, self.alpha, self.noise = real, fake, alpha, noise
         self.seed = seed
         dev = real[0].device
@@ -147,7 +149,8 @@ class _Target:
         from gpreg_torch._penalties import get_penalty
 
         fn = get_penalty(spec.name)
-        kw: dict[str, Any] = {"create_graph": create_graph}
+        kw: dict[str, Any] = {"create_graph": create_graph, "args": self.call.args,
+                              "kwargs": self.call.kwargs, "output": self.call.output}
         if spec.points == "interpolates":
             data = (_one(self.real), _one(self.fake))
             kw["alpha"] = self.alpha
@@ -221,7 +224,7 @@ class _Target:
         self.twin.restore_buffers()
         with torch.no_grad(), torch.random.fork_rng(devices=self.devices):
             torch.manual_seed(self.seed)
-            out = self.twin.critic(*parts)
+            out = _scores(self.twin.critic, parts, self.call)
         return out.reshape(out.shape[0], -1).sum(dim=1).double().cpu().numpy()
 
 
@@ -229,12 +232,29 @@ def _points(parts: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]
     return tuple(p.detach().to(dtype) for p in parts)
 
 
-def _probe(twin: _Copy, real: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+def _scores(critic: Any, parts: Sequence[Tensor], call: Call) -> Any:
+    raw = critic(*parts, *call.args, **call.kwargs)
+    if call.output is None and isinstance(raw, torch.Tensor):
+        return raw
+    return _callmod.pick_output(WHERE, raw, call.output, lambda o: isinstance(o, torch.Tensor))
+
+
+def _cast_call(call: Call, dtype: torch.dtype) -> Call:
+    """``call`` with its floating tensors in the check's dtype."""
+    def cast(x: Any) -> Any:
+        return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    return Call(_callmod.map_leaves(cast, call.args), _callmod.map_leaves(cast, call.kwargs),
+                call.output)
+
+
+def _probe(twin: _Copy, real: tuple[Tensor, ...],
+           call: Call) -> tuple[Tensor, tuple[Tensor, ...]]:
     leaves = tuple(p.detach().clone().requires_grad_(True) for p in real)
     twin.restore_buffers()
     dev = real[0].device
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        out = twin.critic(*leaves)
+        out = _scores(twin.critic, leaves, _cast_call(call, real[0].dtype))
     if not isinstance(out, torch.Tensor):
         raise v.bad_output_type(WHERE, type(out).__name__, "torch.Tensor")
     return out, leaves
@@ -250,6 +270,9 @@ def check_critic(
     eps: float | None = None,
     rtol: float | None = None,
     dtype: str | torch.dtype | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Any = None,
     training: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> CheckReport:
@@ -289,6 +312,9 @@ def check_critic(
         dtype: ``"float64"`` or ``"float32"`` (or a ``torch.dtype``): the dtype of the copy.
             Default: float64, or float32 when the critic fails in float64. Check in float32
             when kernels that only run in lower precision (fused attention, cuDNN) matter.
+        args, kwargs, output: the critic's extra arguments and output selector, as in the
+            penalties (``critic(*points, *args, **kwargs)``); floating tensors among them are
+            cast to the check's dtype.
         training: ``None`` keeps the critic's mode; ``True`` or ``False`` sets it on the
             copy (``False``: check as used in inference mode).
         generator: a ``torch.Generator`` that seeds the check's draws (points, directions);
@@ -319,11 +345,13 @@ def check_critic(
         # says the same (sample coupling) once.
         warnings.simplefilter("ignore", getattr(v, "BatchNormWarning", UserWarning))
         return _check(critic, real, fake, penalties=penalties, directions=directions, eps=eps,
-                      rtol=rtol, dtype=dtype, training=training, generator=generator)
+                      rtol=rtol, dtype=dtype, training=training, generator=generator,
+                      args=args, kwargs=kwargs, output=output)
 
 
 def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any, eps: Any,
-           rtol: Any, dtype: Any, training: Any, generator: Any) -> CheckReport:
+           rtol: Any, dtype: Any, training: Any, generator: Any, args: Any, kwargs: Any,
+           output: Any) -> CheckReport:
     if not callable(critic):
         raise TypeError(f"{WHERE}: critic must be callable (an nn.Module or a function); got "
                         f"{type(critic).__name__}.")
@@ -333,6 +361,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
         v.check_same_shapes(WHERE, [tuple(t.shape) for t in real_p],
                             [tuple(t.shape) for t in fake_p])
     specs = core.resolve_penalties(WHERE, penalties, fake_p is not None)
+    call = _core.call_options(WHERE, args, kwargs, output, int(real_p[0].shape[0]))
     seed = _seed(generator)
     notes: list[str] = []
 
@@ -342,7 +371,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
     for dt in (torch.float64, torch.float32) if wanted is None else (wanted,):
         cand = _Copy(critic, dt, training)
         try:
-            probe, inputs = _probe(cand, _points(real_p, dt))
+            probe, inputs = _probe(cand, _points(real_p, dt), call)
         except Exception as exc:
             first_error = first_error or exc
             continue
@@ -380,7 +409,7 @@ def _check(critic: Any, real: Any, fake: Any, *, penalties: Any, directions: Any
     noise = tuple(torch.as_tensor(n, dtype=dtype, device=dev) for n in noise_np)
     real_d = _points(real_p, dtype)
     fake_d = None if fake_p is None else _points(fake_p, dtype)
-    target = _Target(twin, specs, real_d, fake_d, alpha, noise, seed)
+    target = _Target(twin, specs, real_d, fake_d, alpha, noise, seed, _cast_call(call, dtype))
 
     base, grads = target.gradients()
     groups = [(name, p.detach().cpu().double().numpy()) for name, p in twin.groups]

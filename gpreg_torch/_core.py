@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from gpreg import _math, _points
+from gpreg import _call, _math, _points
 from gpreg import _validation as v
+from gpreg._call import PLAIN, Call
 from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
 from gpreg_torch import _ops as xp
 
@@ -39,6 +40,28 @@ def _parts(where: str, role: str, x: Any) -> tuple[Tensor, ...]:
 
 def _check_devices(where: str, named: Sequence[tuple[str, Tensor]]) -> None:
     v.check_same_device(where, [(role, str(t.device)) for role, t in named])
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _static_shape(x: Any) -> tuple[int, ...] | None:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+
+
+def _detach(x: Any) -> Any:
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+def call_options(where: str, args: Any, kwargs: Any, output: Any, batch: int) -> Call:
+    """``args``/``kwargs``/``output`` checked: tensors in ``args`` lead with ``batch``; every
+    tensor of ``args`` and ``kwargs`` is detached (conditioning is never differentiated)."""
+    if _call.is_plain(args, kwargs, output):
+        return PLAIN
+    args, kwargs = _call.check_call(where, args, kwargs, output)
+    _call.check_arg_batches(where, args, batch, _static_shape)
+    return Call(_call.map_leaves(_detach, args), _call.map_leaves(_detach, kwargs), output)
 
 
 def _alpha(where: str, alpha: Any, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -161,14 +184,18 @@ def input_gradients(
     points: tuple[Tensor, ...],
     create_graph: bool,
     scaler: Any = None,
-) -> tuple[tuple[Tensor, ...], Tensor]:
+    call: Call = PLAIN,
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor | None]:
     """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked;
-    also returns the critic's output at the points.
+    also returns the critic's scores at the points and, for a DDP critic, the sum of every
+    tensor it returned (the anchor of DDP's zero term; ``None`` otherwise).
 
-    Only the points are differentiated (``inputs=points``), so no weight gradient is computed
-    here; the parameters are reached later, when the caller's loss runs backward. With a
-    ``GradScaler``, the summed output is scaled before the inner backward (so float16
-    gradients do not underflow) and the input gradient is unscaled out of place.
+    The critic is called as ``critic(*points, *call.args, **call.kwargs)`` and ``call.output``
+    picks the scores out of a structured output. Only the points are differentiated
+    (``inputs=points``), so no weight gradient is computed here; the parameters are reached
+    later, when the caller's loss runs backward. With a ``GradScaler``, the summed output is
+    scaled before the inner backward (so float16 gradients do not underflow) and the input
+    gradient is unscaled out of place.
     """
     batch = points[0].shape[0]
     module = _penalty_module(critic)
@@ -177,15 +204,33 @@ def input_gradients(
         leaves = tuple(p.requires_grad_(True) for p in points)
         try:
             with _double_backward_kernels(module, leaves):
-                out = module(*leaves)
+                raw = module(*leaves, *call.args, **call.kwargs)
         except (ValueError, TypeError, RuntimeError, IndexError) as exc:
             raise v.critic_failed(where, [tuple(p.shape) for p in leaves], exc) from exc
+        out = raw if call.output is None and isinstance(raw, torch.Tensor) else (
+            _call.pick_output(where, raw, call.output, _is_tensor))
         if not isinstance(out, torch.Tensor):
             raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
         v.check_output_shape(where, tuple(out.shape), batch)
         if not out.requires_grad:
             raise v.independent_critic(where)
-        return _gradient_of_scores(where, out, leaves, create_graph, scaler), out
+        anchor = _ddp_anchor(raw) if _is_ddp(critic) else None
+        return _gradient_of_scores(where, out, leaves, create_graph, scaler), out, anchor
+
+
+def _ddp_anchor(raw: Any) -> Tensor | None:
+    """Σ of every floating tensor the critic returned: through it, DDP's zero term reaches
+    every parameter of the forward, also those only other outputs use."""
+    parts = [t for _, t in _call.leaves(raw, "") if isinstance(t, torch.Tensor)
+             and t.is_floating_point() and t.requires_grad]
+    if not parts:
+        parts = [t for t in vars(raw).values() if isinstance(t, torch.Tensor)
+                 and t.requires_grad] if hasattr(raw, "__dict__") else []
+    total = None
+    for t in parts:
+        s = t.sum().float()
+        total = s if total is None else total + s
+    return total
 
 
 def _gradient_of_scores(
@@ -252,9 +297,9 @@ def apply_shape(
 
 def _finish(
     where: str,
-    critic: Any,
     grads: tuple[Tensor, ...],
     out: Tensor,
+    anchor: Tensor | None,
     shape: str | Shape,
     check_finite: bool = False,
     points: tuple[Tensor, ...] = (),
@@ -269,12 +314,12 @@ def _finish(
         _finite(where, "the critic's output", out)
         _finite(where, "the input gradient", norms.reshape(-1, 1))
     value = apply_shape(where, norms, shape, **kw)
-    if _is_ddp(critic):
+    if anchor is not None:
         # DDP waits for a gradient of every parameter used in the forward; the last layer's
         # bias (and any parameter the input gradient does not reach) gets none from the
         # penalty alone, which breaks the reduction (pytorch#47562). A zero-weighted term on
-        # the critic's output gives each of them an exact zero.
-        value = value + 0.0 * out.sum().to(value.dtype)
+        # the critic's outputs gives each of them an exact zero.
+        value = value + 0.0 * anchor.to(value.dtype)
     return value
 
 
@@ -326,6 +371,9 @@ def run(
     alpha: Any = None,
     noise: Any = None,
     generator: torch.Generator | None = None,
+    args: Any = (),
+    kwargs: Any = None,
+    output: Any = None,
     reduction: str | None = None,
     create_graph: bool = True,
     scaler: Any = None,
@@ -353,8 +401,9 @@ def run(
     pts = evaluation_points(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator
     )
-    grads, out = input_gradients(where, critic, pts, create_graph, scaler)
-    return _finish(where, critic, grads, out, spec.shape, check_finite, pts,
+    call = call_options(where, args, kwargs, output, pts[0].shape[0])
+    grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
+    return _finish(where, grads, out, anchor, spec.shape, check_finite, pts,
                    weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
                    global_batch_size=gbs)
 
@@ -369,6 +418,9 @@ def generic(
     ratio: bool,
     reduction: str,
     create_graph: bool,
+    args: Any = (),
+    kwargs: Any = None,
+    output: Any = None,
     scaler: Any = None,
     global_batch_size: int | None = None,
     check_finite: bool = False,
@@ -383,18 +435,22 @@ def generic(
     shape_obj = _shape(where, shape)
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
-    grads, out = input_gradients(where, critic, pts, create_graph, scaler)
-    return _finish(where, critic, grads, out, shape_obj, check_finite, pts, weight=w, target=t,
+    call = call_options(where, args, kwargs, output, pts[0].shape[0])
+    grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
+    return _finish(where, grads, out, anchor, shape_obj, check_finite, pts, weight=w, target=t,
                    ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def grad_norm(
-    critic: Callable[..., Any], points: Any, *, create_graph: bool, where: str
+    critic: Callable[..., Any], points: Any, *, create_graph: bool, where: str, args: Any = (),
+    kwargs: Any = None, output: Any = None,
 ) -> Tensor:
     """Per-sample norms at the given points (body of ``grad_norm``)."""
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
-    return norms_from_gradients(input_gradients(where, critic, pts, create_graph)[0])
+    call = call_options(where, args, kwargs, output, pts[0].shape[0])
+    return norms_from_gradients(input_gradients(where, critic, pts, create_graph, None,
+                                                call)[0])
 
 
 def from_scores(
@@ -437,6 +493,6 @@ def from_scores(
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     grads = _gradient_of_scores(where, scores, parts, create_graph, scaler)
-    return _finish(where, None, grads, scores, spec.shape, check_finite, parts,
+    return _finish(where, grads, scores, None, spec.shape, check_finite, parts,
                    weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
                    global_batch_size=gbs)

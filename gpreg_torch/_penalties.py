@@ -15,6 +15,7 @@ from gpreg_torch import _core
 Tensor = torch.Tensor
 Critic = Callable[..., Tensor]
 Points = Any  # a tensor, or a tuple/list of tensors for a multi-input critic
+Output = int | str | Callable[[Any], Any] | None  # picks the scores out of a structured output
 
 EXAMPLES: dict[str, str] = {
     "wgan_gp": """        >>> import torch, gpreg_torch as gp
@@ -85,6 +86,9 @@ def wgan_gp(
     ratio: bool = False,
     alpha: Tensor | float | None = None,
     generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -93,7 +97,8 @@ def wgan_gp(
 ) -> Tensor:
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
-        alpha=alpha, generator=generator, reduction=reduction, create_graph=create_graph,
+        alpha=alpha, generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -110,6 +115,9 @@ def wgan_lp(
     ratio: bool = False,
     alpha: Tensor | float | None = None,
     generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -118,7 +126,8 @@ def wgan_lp(
 ) -> Tensor:
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
-        alpha=alpha, generator=generator, reduction=reduction, create_graph=create_graph,
+        alpha=alpha, generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -133,6 +142,9 @@ def zero_gp(
     weight: float = 10.0,
     alpha: Tensor | float | None = None,
     generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -141,7 +153,8 @@ def zero_gp(
 ) -> Tensor:
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
-        generator=generator, reduction=reduction, create_graph=create_graph,
+        generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -156,6 +169,9 @@ def max_gp(
     weight: float = 10.0,
     alpha: Tensor | float | None = None,
     generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "max",
     create_graph: bool = True,
     scaler: Any = None,
@@ -164,7 +180,8 @@ def max_gp(
 ) -> Tensor:
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
-        generator=generator, reduction=reduction, create_graph=create_graph,
+        generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -176,6 +193,9 @@ def r1(
     real: Points,
     *,
     gamma: float = 10.0,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -183,7 +203,8 @@ def r1(
     check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
-        "r1", critic, real=real, weight=gamma, reduction=reduction, create_graph=create_graph,
+        "r1", critic, real=real, weight=gamma,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -195,6 +216,9 @@ def r2(
     fake: Points,
     *,
     gamma: float = 10.0,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -202,7 +226,8 @@ def r2(
     check_finite: bool = False,
 ) -> Tensor:
     return _core.run(
-        "r2", critic, fake=fake, weight=gamma, reduction=reduction, create_graph=create_graph,
+        "r2", critic, fake=fake, weight=gamma,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
@@ -220,6 +245,9 @@ def dragan(
     alpha: Tensor | float | None = None,
     noise: Points | None = None,
     generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -228,7 +256,8 @@ def dragan(
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
-        alpha=alpha, noise=noise, generator=generator, reduction=reduction,
+        alpha=alpha, noise=noise, generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
@@ -244,6 +273,9 @@ def gradient_penalty(
     weight: float = 1.0,
     target: float = 1.0,
     ratio: bool = False,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
     reduction: str = "mean",
     create_graph: bool = True,
     scaler: Any = None,
@@ -252,16 +284,25 @@ def gradient_penalty(
 ) -> Tensor:
     return _core.generic(
         critic, points, shape=shape, weight=weight, target=target, ratio=ratio,
-        reduction=reduction, create_graph=create_graph,
+        args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
         check_finite=check_finite,
     )
 
 
 @_documented("grad_norm")
-def grad_norm(critic: Critic, points: Points, *, create_graph: bool = False) -> Tensor:
+def grad_norm(
+    critic: Critic,
+    points: Points,
+    *,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
+    create_graph: bool = False,
+) -> Tensor:
     return _core.grad_norm(critic, points, create_graph=create_graph,
-                           where="gpreg_torch.grad_norm")
+                           where="gpreg_torch.grad_norm", args=args, kwargs=kwargs,
+                           output=output)
 
 
 def from_scores(
