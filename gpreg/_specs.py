@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gpreg import _math
-from gpreg._validation import check_power
+from gpreg._validation import check_choice, check_power
 
 ENTRY_POINT_GROUP = "gpreg.penalties"
 
@@ -192,6 +192,33 @@ class PenaltySpec:
         return dict(self.shape_obj.params)
 
 
+def choose_points(where: str, spec: PenaltySpec, points: str | None) -> str:
+    """The points ``spec`` is evaluated at: its default, or ``points`` from its
+    ``point_options``.
+
+    Raises:
+        ValueError: ``points`` is not one of the spec's options (or it has none).
+    """
+    if points is None or points == spec.points:
+        return spec.points
+    if not spec.point_options:
+        raise ValueError(
+            f"{where}: {spec.name} is always evaluated at {spec.points!r}; it takes no "
+            f"points={points!r}."
+        )
+    return check_choice(where, "points", points, spec.point_options)
+
+
+def resolve_spec_shape(
+    where: str, spec: PenaltySpec, shape: str | Shape | None = None,
+    params: dict[str, Any] | None = None,
+) -> Shape:
+    """The shape a call of ``spec`` applies: the spec's own (or ``shape``, where the penalty
+    takes one), with ``params`` (``{"p": 3.0}``) set."""
+    resolved = spec.shape_obj if shape is None else resolve_shape(where, shape)
+    return resolved.with_params(where, **params) if params else resolved
+
+
 _WGAN_DIV = PenaltySpec(
     "wgan_div", "interpolates", SHAPES["power"].with_params(p=6.0), weight_name="k",
     default_weight=2.0,
@@ -200,7 +227,6 @@ _WGAN_DIV = PenaltySpec(
     arxiv="1712.01026",
     point_options=("interpolates", "real_fake"),
 )
-# Registered (in _BUILTINS) together with the adapters' wgan_div functions.
 
 _BUILTINS: tuple[PenaltySpec, ...] = (
     PenaltySpec(
@@ -249,6 +275,7 @@ _BUILTINS: tuple[PenaltySpec, ...] = (
         paper="Zhou et al., Lipschitz Generative Adversarial Nets, ICML 2019",
         arxiv="1902.05687",
     ),
+    _WGAN_DIV,
 )
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(s.name for s in _BUILTINS)

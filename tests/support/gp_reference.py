@@ -25,7 +25,9 @@ SHAPES = {
     "r1": ("real", "squared", 0.5),
     "r2": ("fake", "squared", 0.5),
     "dragan": ("dragan", "two_sided", 1.0),
+    "wgan_div": ("interpolates", "power", 1.0),  # k n**p, here with p = 6
 }
+P = 6.0
 
 
 def points(name: str, real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor] | None,
@@ -67,6 +69,8 @@ def penalty(name: str, scores: Callable[..., torch.Tensor], params: Sequence[tor
         per = (n - target) ** 2
     elif shape == "one_sided":
         per = torch.clamp(n - target, min=0) ** 2
+    elif shape == "power":
+        per = sq ** (P / 2)
     else:
         per = sq
     per = factor * weight * per

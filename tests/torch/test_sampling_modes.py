@@ -300,7 +300,7 @@ def namespace(critic: type[Net], draws: str, seed: int = 0) -> dict:
         "labels": torch.randint(0, N_CLASSES, (B,), generator=g),
         "generator_inputs": torch.randn(B, COND, generator=g, dtype=DT),
         "w": 10.0, "gp_lambda": 10.0, "dra_lambda": 5.0, "maxgp_lambda": 2.0,
-        "r1_lambda": 3.0, "r1_gamma": 0.5, "Gamma": 2.0, "weights": 2.3, "target": 2.0,
+        "r1_lambda": 3.0, "r1_gamma": 0.5, "Gamma": 2.0, "weights": 2.3, "target": 1.1,
         "c_dragan": c_dragan,
     }
     ns["c"] = torch.randn(B, COND, generator=g, dtype=DT)  # StyleGAN's conditioning ...
