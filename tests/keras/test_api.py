@@ -147,7 +147,8 @@ def test_zero_input_gradient_is_finite(name):
     from gpreg_keras._fixture import penalty_and_grads
 
     fn = gp.get_penalty(name)
-    args = (t(REAL), t(FAKE)) if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp") else (
+    args = (t(REAL), t(FAKE)) if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp",
+                                         "wgan_div") else (
         (t(FAKE),) if name == "r2" else (t(REAL),))
     value, grads = penalty_and_grads(model, fn, args, {"seed": 1} if name not in (
         "r1", "r2") else {})
