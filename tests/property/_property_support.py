@@ -394,6 +394,25 @@ def check_uniform(samples: np.ndarray, what: str, n_min: int = 20000) -> None:
     assert len(np.unique(u)) > 0.99 * u.size, f"{what}: repeated values"
 
 
+def check_normal(samples: np.ndarray, std: float, what: str) -> None:
+    """``samples`` look like N(0, std**2) draws: their normal CDF values pass
+    :func:`check_uniform`."""
+    z = np.asarray(samples, dtype=np.float64).ravel() / (std * math.sqrt(2.0))
+    cdf = 0.5 * (1.0 + np.array([math.erf(v) for v in z]))
+    check_uniform(np.clip(cdf, 0.0, np.nextafter(1.0, 0.0)), what)
+
+
+def dragan_ddof_case(ddof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(real, noise, alpha, expected points)`` for DRAGAN with ``c = 0.5`` and ``ddof``: a
+    batch of 12 elements, sigma the standard deviation over all of them with ``ddof``
+    degrees of freedom removed (ddof=1 is sqrt(12/11) times the population value)."""
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((3, 4))
+    noise, alpha = rng.uniform(size=(3, 4)), rng.uniform(size=3)
+    sigma = np.sqrt(np.sum((real - real.mean()) ** 2) / (real.size - ddof))
+    return real, noise, alpha, real + alpha[:, None] * 0.5 * sigma * noise
+
+
 def plus_minus_one(shape: tuple[int, ...]) -> np.ndarray:
     """An array of +1 and -1 (half each, alternating): mean 0, population std exactly 1."""
     size = math.prod(shape)

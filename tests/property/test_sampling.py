@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _property_support import check_uniform, plus_minus_one
+from _property_support import check_normal, check_uniform, dragan_ddof_case, plus_minus_one
 
 import gpreg_torch as gp
 from gpreg import fixtures
@@ -152,30 +152,21 @@ def test_dragan_perturbation_is_alpha_c_sigma_noise(c):
 
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_dragan_sigma_has_the_requested_degrees_of_freedom(ddof):
-    """A batch of N = 12 elements: sigma with ddof=1 is sqrt(12/11) times the population one."""
-    rng = np.random.default_rng(4)
-    real = rng.standard_normal((3, 4))
-    noise, alpha = rng.uniform(size=(3, 4)), rng.uniform(size=3)
+    real, noise, alpha, expected = dragan_ddof_case(ddof)
     rec = Recorder()
     gp.dragan(rec, torch.as_tensor(real), ddof=ddof, alpha=torch.as_tensor(alpha),
               noise=torch.as_tensor(noise))
-    sigma = np.sqrt(np.sum((real - real.mean()) ** 2) / (real.size - ddof))
-    assert_close(rec.points[0], real + alpha[:, None] * 0.5 * sigma * noise, "float64")
+    assert_close(rec.points[0], expected, "float64")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dragan_gaussian_noise_is_normal_with_variance_c(dtype):
-    """The paper's delta ~ N(0, c I): zero real batch, c = 0.25 (standard deviation 0.5), so
-    the points are delta; its normal CDF values must look U[0, 1) (a KS test of N(0, c))."""
-    from math import erf, sqrt
-
-    shape = (N, 2)
+    """The paper's delta ~ N(0, c I): zero real batch and c = 0.25, so the points are delta,
+    with standard deviation sqrt(c) = 0.5 (a KS test of N(0, c))."""
     rec = Recorder()
-    gp.dragan(rec, torch.zeros(shape, dtype=dtype), perturbation="gaussian", c=0.25,
+    gp.dragan(rec, torch.zeros((N, 2), dtype=dtype), perturbation="gaussian", c=0.25,
               generator=generator(8))
-    delta = rec.points[0].ravel()
-    cdf = np.array([0.5 * (1.0 + erf(d / 0.5 / sqrt(2.0))) for d in delta])
-    check_uniform(np.clip(cdf, 0.0, 1.0 - 1e-16), f"dragan gaussian delta ({dtype})")
+    check_normal(rec.points[0], 0.5, f"dragan gaussian delta ({dtype})")
 
 
 def test_wgan_div_real_fake_evaluates_real_then_fake():
