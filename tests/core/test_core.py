@@ -146,7 +146,7 @@ def test_batch_std_matches_numpy():
 
 
 def test_wgan_div_spec():
-    from gpreg._specs import _WGAN_DIV as s
+    s = gpreg.get_spec("wgan_div")
 
     assert (s.points, s.point_options) == ("interpolates", ("interpolates", "real_fake"))
     assert (s.weight_name, s.default_weight, s.weight_factor) == ("k", 2.0, 1.0)
@@ -156,6 +156,26 @@ def test_wgan_div_spec():
         gpreg.PenaltySpec("x", "real", "squared", point_options=("fake", "real"))
     with pytest.raises(ValueError, match="point_options must list"):
         gpreg.PenaltySpec("x", "real", "squared", point_options=("real", "middle"))
+
+
+def test_choose_points_and_the_shape_of_a_call():
+    from gpreg._specs import choose_points, resolve_spec_shape
+
+    div, r1 = gpreg.get_spec("wgan_div"), gpreg.get_spec("r1")
+    assert choose_points("w", div, None) == "interpolates"
+    assert choose_points("w", div, "real_fake") == "real_fake"
+    assert choose_points("w", r1, "real") == "real"
+    with pytest.raises(ValueError, match="unknown points 'fake'; expected one of"):
+        choose_points("w", div, "fake")
+    with pytest.raises(ValueError, match="r1 is always evaluated at 'real'"):
+        choose_points("w", r1, "fake")
+    assert resolve_spec_shape("w", div).params == (("p", 6.0),)
+    assert resolve_spec_shape("w", div, params={"p": 2.5}).params == (("p", 2.5),)
+    dragan = gpreg.get_spec("dragan")
+    assert resolve_spec_shape("w", dragan).name == "two_sided"
+    assert resolve_spec_shape("w", dragan, "one_sided").name == "one_sided"
+    with pytest.raises(ValueError, match="w: p must be at least 1"):
+        resolve_spec_shape("w", div, params={"p": 0.0})
 
 
 def test_bind_routes_shape_parameters_and_real_fake_roles():
@@ -174,14 +194,15 @@ def test_bind_routes_shape_parameters_and_real_fake_roles():
 def test_spec_table_matches_design():
     s = {n: gpreg.get_spec(n) for n in gpreg.BUILTIN_NAMES}
     assert [s[n].points for n in ("wgan_gp", "wgan_lp", "zero_gp", "r1", "r2", "dragan",
-                                  "max_gp")] == ["interpolates"] * 3 + ["real", "fake",
-                                                                        "perturbed_real",
-                                                                        "interpolates"]
+                                  "max_gp", "wgan_div")] == ["interpolates"] * 3 + [
+        "real", "fake", "perturbed_real", "interpolates", "interpolates"]
+    assert s["wgan_div"].point_options == ("interpolates", "real_fake")
     assert s["r1"].weight_name == "gamma" and s["r1"].weight_factor == 0.5
     assert s["max_gp"].default_reduction == "max"
     assert {n: s[n].arxiv for n in s} == {
         "wgan_gp": "1704.00028", "wgan_lp": "1709.08894", "zero_gp": "1902.03984",
         "r1": "1801.04406", "r2": "1801.04406", "dragan": "1705.07215", "max_gp": "1902.05687",
+        "wgan_div": "1712.01026",
     }
 
 
@@ -243,7 +264,8 @@ def test_entry_point_plugin_from_an_installed_distribution(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     out = json.loads(res.stdout)
-    assert out["names"][:7] == list(gpreg.BUILTIN_NAMES) and "huber_gp" in out["names"]
+    builtins = len(gpreg.BUILTIN_NAMES)
+    assert out["names"][:builtins] == list(gpreg.BUILTIN_NAMES) and "huber_gp" in out["names"]
     assert out["shape"] == "one_sided" and out["weight"] == 3.0
     if "value" in out:
         assert out["value"] == pytest.approx(3.0 * (3 * np.sqrt(2) - 1) ** 2)
@@ -262,7 +284,7 @@ def test_broken_plugin_warns_and_builtins_survive(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     lines = res.stdout.splitlines()
-    assert lines[0] == "7 True"
+    assert lines[0] == f"{len(gpreg.BUILTIN_NAMES)} True"
     assert "failed to load" in lines[1] and "ModuleNotFoundError" in lines[1]
 
 
@@ -310,7 +332,7 @@ def test_fixture_file_is_complete():
             "mlp_layernorm", "conv", "image_mlp", "two_input", "patch_map", "zero_grad",
             "batch1"} <= names
     for f in fx:
-        assert {c.penalty for c in f.cases} == set(gpreg.BUILTIN_NAMES) | {"wgan_div"}
+        assert {c.penalty for c in f.cases} == set(gpreg.BUILTIN_NAMES)
         for c in f.cases:
             assert set(c.grads) == set(f.params)
     zero = next(f for f in fx if f.name == "zero_grad")
