@@ -10,6 +10,7 @@ the docstrings, which are the specification (Google style, read by napoleon).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -125,6 +126,19 @@ html_theme = "furo"
 html_title = f"gpreg {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
+
+# -- Math, with no network ------------------------------------------------------------------
+# Sphinx's mathjax extension loads MathJax from a CDN by default: offline, or wherever that CDN
+# is blocked, every formula shows as raw TeX. The site ships its own copy instead: the
+# pinned sphinx-mathjax-offline package (in requirements-docs.txt) holds MathJax 3.2.2 with
+# its fonts, copied into _static/mathjax/. tests/docs/test_build.py renders a page in
+# headless Chromium with the network cut off and checks that every formula was typeset.
+_mathjax = importlib.util.find_spec("sphinx-mathjax-offline")
+if _mathjax is None or _mathjax.origin is None:
+    raise RuntimeError("the docs bundle MathJax from the sphinx-mathjax-offline package, which "
+                       "is not installed: pip install -r requirements-docs.txt")
+html_static_path.append(str(Path(_mathjax.origin).parent / "static"))
+mathjax_path = "mathjax/tex-chtml.js"  # TeX input, HTML-CSS output; relative to _static/
 
 # -- The benchmarks' measured numbers -------------------------------------------------------
 # docs/_bench_notes.md belongs to the benchmarks; when it exists, its text replaces the

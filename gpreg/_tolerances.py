@@ -40,6 +40,18 @@ def assert_close(actual: Any, expected: Any, dtype: str, err_msg: str = "") -> N
     )
 
 
+def assert_case(got: dict[str, Any], case: Any, dtype: str, where: str) -> None:
+    """One run of a fixture case — ``got`` holds ``value``, ``per_sample``, ``norms`` and
+    ``grads`` (by parameter name) — against the case's reference numbers, with the table's
+    tolerance for ``dtype``; ``where`` starts each failure message."""
+    assert_close(got["value"], case.value, dtype, err_msg=f"{where}: value")
+    assert_close(got["per_sample"], case.per_sample, dtype, err_msg=f"{where}: per-sample")
+    assert_close(got["norms"], case.norms, dtype, err_msg=f"{where}: norms")
+    assert set(got["grads"]) == set(case.grads), where
+    for name, expected in case.grads.items():
+        assert_close(got["grads"][name], expected, dtype, err_msg=f"{where}: d/d{name}")
+
+
 def max_rel_error(actual: Any, expected: Any) -> float:
     """max |actual - expected| / max |expected| (0 when both are all zeros)."""
     expected = np.asarray(expected, dtype=np.float64)

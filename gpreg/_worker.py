@@ -271,7 +271,7 @@ def run(path: str, dtypes: list[str], penalties: list[str] | None,
                         row["repeats"] = repeats
                 except Exception as exc:  # report, do not crash the whole table
                     row["error"] = f"{where}: {type(exc).__name__}: {exc}"
-                    row["traceback"] = traceback.format_exc(limit=4)
+                    row["traceback"] = traceback.format_exc(limit=-4)  # the innermost frames
                 results.append(row)
     out = {"status": "ok", "results": results, "versions": mod.versions(),
            "checked_as": "jax.jit" if jitted else "eager"}

@@ -15,12 +15,15 @@ import time
 from typing import Any
 
 from gpreg import fixtures
+from gpreg._env import python_module_command
 from gpreg._specs import BUILTIN_NAMES
 from gpreg._text import name_list, render_table
 from gpreg._tolerances import max_rel_error, within
 from gpreg._worker import PATHS
 
 DTYPES = ("float64", "float32")
+#: the lines of a failed worker process's output that ``gpreg compare`` shows
+WORKER_LINES = 30
 
 
 def _check_row(row: dict[str, Any], case: fixtures.Case) -> dict[str, Any]:
@@ -45,15 +48,18 @@ def _run_path(path: str, dtypes: list[str], penalties: list[str], repeats: int =
     """Run one framework path in its own process (Keras reads KERAS_BACKEND once)."""
     import os
 
-    cmd = [sys.executable, "-m", "gpreg._worker", path, *dtypes, "--penalties", ",".join(penalties),
-           "--repeats", str(repeats)]
+    args = [path, *dtypes, "--penalties", ",".join(penalties), "--repeats", str(repeats)]
     if fixture_names:
-        cmd += ["--fixtures", ",".join(fixture_names)]
+        args += ["--fixtures", ",".join(fixture_names)]
     env = {**os.environ, **PATHS[path][1], "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(python_module_command("gpreg._worker", *args), capture_output=True,
+                          text=True, env=env)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"status": "failed", "reason": " | ".join(tail)}
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        last = next((ln for ln in reversed(lines) if ln.strip()), "")
+        return {"status": "failed",
+                "reason": f"exit code {proc.returncode}: {last or 'no output'}",
+                "output": "\n".join(lines[-WORKER_LINES:])}
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError as exc:  # e.g. a library printed to stdout
@@ -77,14 +83,34 @@ def _table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         if "error" in r:
+            cell = r["error"] if len(r["error"]) <= 40 else r["error"][:39] + "…"
             body.append([r["fixture"], r["case"], r["framework"], r["dtype"], "error", "", "",
-                         r["error"][:40], "", "FAIL"])
+                         cell, "", "FAIL"])
             continue
         body.append([r["fixture"], r["case"], r["framework"], _dtype_label(r), f"{r['value']:.6g}",
                      f"{r['err_value']:.1e}", f"{r['err_per_sample']:.1e}",
                      f"{r['err_grads']:.1e}", _ms(r.get("median_ms")),
                      "ok" if r["ok"] else "FAIL"])
     return render_table(head, body)
+
+
+def _errors(rows: list[dict[str, Any]]) -> str:
+    """Every distinct error of the rows that raised, in full, with the number of checks it
+    ended and the traceback of its first one (the table's cell is cut to fit)."""
+    by_error: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if "error" in r:
+            by_error.setdefault((r["framework"], r["error"]), []).append(r)
+    out = []
+    for (fw, error), rs in by_error.items():
+        first = rs[0]
+        where = f"{first['fixture']}/{first['case']}/{first['dtype']}"
+        more = f" and {len(rs) - 1} more" if len(rs) > 1 else ""
+        out.append(f"{fw}, {len(rs)} check{'s' if len(rs) > 1 else ''} ({where}{more}): "
+                   f"{error}")
+        if first.get("traceback"):
+            out.extend("    " + ln for ln in first["traceback"].rstrip().splitlines())
+    return "\n".join(out)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,8 +174,8 @@ def compare(args: argparse.Namespace) -> int:
             print(f"gpreg compare: running {fw} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         out = _run_path(fw, dtypes, penalties, args.repeats, fixture_names)
-        status[fw] = {k: out[k] for k in ("status", "reason", "versions", "checked_as",
-                                          "timed_as") if k in out}
+        status[fw] = {k: out[k] for k in ("status", "reason", "output", "versions",
+                                          "checked_as", "timed_as") if k in out}
         status[fw]["seconds"] = round(time.perf_counter() - t0, 1)
         for row in out.get("results", []):
             case = cases[(row["fixture"], row["case"])]
@@ -169,6 +195,10 @@ def compare(args: argparse.Namespace) -> int:
             print("disagreements:")
             print(_table(failed))
             print()
+        if any("error" in r for r in failed):
+            print("errors, in full:")
+            print(_errors(failed))
+            print()
         for fw, st in status.items():
             extra = f" ({st['reason']})" if st.get("reason") else ""
             vers = ", ".join(f"{k} {v}" for k, v in st.get("versions", {}).items())
@@ -178,6 +208,9 @@ def compare(args: argparse.Namespace) -> int:
                 timed = f"; {'checked and timed' if both else 'timed'} as {st['timed_as']}"
             took = f" ({st['seconds']:.0f} s)" if st["status"] == "ok" else ""
             print(f"{fw}: {st['status']}{took}{extra}{' — ' + vers if vers else ''}{timed}")
+            if st.get("output"):
+                print(f"  the {fw} process's last output:")
+                print("\n".join("    " + ln for ln in st["output"].splitlines()))
         if any(r.get("tolerance", r["dtype"]) != r["dtype"] for r in rows):
             print("* held to the float32 tolerance: Keras computes some float64 ops in float32 "
                   "on its JAX and torch backends")
@@ -214,8 +247,22 @@ def demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _version() -> str:
+    """``gpreg --version``: the version, where the running gpreg lies, the Python."""
+    from pathlib import Path
+
+    try:
+        from gpreg import __version__ as version
+    except ImportError:  # `gpreg` is a folder of that name in the current one (python -m)
+        from importlib.metadata import version as distribution_version
+
+        version = distribution_version("gpreg")
+    return f"gpreg {version} from {Path(__file__).parent} (Python {sys.version.split()[0]})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpreg", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "compare", help="check every installed framework against the fixtures",

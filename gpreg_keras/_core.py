@@ -102,6 +102,12 @@ def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
             p = ops.convert_to_tensor(p)
         elif not ops.is_tensor(p):
             kind = f"{type(p).__module__.split('.')[0]}.{type(p).__name__}"
+            if kind.startswith("jax"):  # a Flax or pure-JAX critic's data
+                raise TypeError(
+                    f"{where}: {role} is a JAX array ({kind}), but Keras runs its {backend()} "
+                    f"backend. Flax and pure-JAX critics need Keras's JAX backend: set "
+                    f"KERAS_BACKEND=jax before keras is first imported."
+                )
             raise TypeError(
                 f"{where}: {role} must be a tensor of the Keras backend ({backend()}) or a "
                 f"tuple of them (one per critic input); got {kind}. Convert with "

@@ -61,6 +61,16 @@ def input_gradients(
             raw = critic(*pts)
         except (ValueError, TypeError) as exc:
             raise v.critic_failed(where, [tuple(p.shape) for p in pts], exc) from exc
+        except Exception as exc:
+            if type(exc).__name__ != "TraceContextError":  # Flax's, without importing Flax
+                raise
+            raise RuntimeError(
+                f"{where}: the critic updates its own state while the penalty differentiates "
+                f"it ({exc}). A Flax NNX module cannot change its variables inside the "
+                f"penalty's jax.grad: BatchNorm in training mode updates its statistics, "
+                f"Dropout its random-number count. Evaluate the penalty in eval mode: "
+                f"model.eval(), then the penalty, then model.train()."
+            ) from exc
         if output is None and isinstance(raw, jax.Array):
             return raw
         return _call.pick_output(where, raw, output, lambda o: isinstance(o, jax.Array))

@@ -247,6 +247,7 @@ def _gradient_of_scores(
     where: str, out: Tensor, leaves: tuple[Tensor, ...], create_graph: bool, scaler: Any
 ) -> tuple[Tensor, ...]:
     """∂(Σ out)/∂leaves, scaled and unscaled around the backward when a scaler is given."""
+    scaler = _grad_scaler(where, scaler)
     total = out.sum()
     scaled = scaler is not None and scaler.is_enabled()
     if scaled:
@@ -259,6 +260,30 @@ def _gradient_of_scores(
         inv = 1.0 / scaler.get_scale()  # out of place: unscale_() is for parameter grads
         grads = tuple(g.to(torch.promote_types(g.dtype, torch.float32)) * inv for g in grads)
     return grads
+
+
+_SCALER_METHODS = ("is_enabled", "scale", "get_scale")
+
+
+def _grad_scaler(where: str, scaler: Any) -> Any:
+    """The ``GradScaler`` that ``scaler=`` stands for: the scaler itself, or the one that an
+    ``accelerate.Accelerator`` or a Lightning precision plugin holds as ``.scaler`` (``None``
+    when they train without one: bf16, 32-bit, or Accelerate's fp16 on a CPU)."""
+    given = scaler
+    if scaler is not None and not all(hasattr(scaler, m) for m in _SCALER_METHODS):
+        if hasattr(scaler, "scaler"):  # an Accelerator, Lightning's MixedPrecision
+            scaler = scaler.scaler
+        elif getattr(scaler, "precision", "") != "16-mixed" and any(
+                c.__name__ == "Precision" and c.__module__.startswith(
+                    ("lightning", "pytorch_lightning")) for c in type(scaler).__mro__):
+            return None  # Lightning's 32-bit, 64-bit or true-half precision scales nothing
+    if scaler is None or all(hasattr(scaler, m) for m in _SCALER_METHODS):
+        return scaler
+    raise TypeError(
+        f"{where}: scaler must be a torch.amp.GradScaler, or an accelerate.Accelerator or a "
+        f"Lightning precision plugin (trainer.precision_plugin), whose GradScaler is then "
+        f"used; got {type(given).__name__}. Pass the object whose scale() scales your loss."
+    )
 
 
 def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:

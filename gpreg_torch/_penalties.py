@@ -71,7 +71,11 @@ _RNG = {
     "name_plain": "generator",
     "scaler": "        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision: the inner\n"
     "            gradient is taken of the scaled output and unscaled out of place, and the norm\n"
-    "            is computed in float32. Then ``scaler.scale(loss).backward()`` as usual.\n",
+    "            is computed in float32. Then ``scaler.scale(loss).backward()`` as usual. Also\n"
+    "            an object that holds the scaler as ``.scaler``: an ``accelerate.Accelerator``\n"
+    "            (then ``accelerator.backward(loss)``) or a Lightning precision plugin\n"
+    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);\n"
+    "            under their bf16 or 32-bit precision there is no scaler, and none is used.\n",
 }
 
 

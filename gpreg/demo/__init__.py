@@ -21,9 +21,10 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
-from gpreg._env import xla_one_thread
+from gpreg._env import tensorflow_logs_filtered, xla_one_thread
 from gpreg._text import name_list, render_table
 from gpreg.demo._common import CHOICES, Config, Run
 from gpreg.demo._data import DATASETS, dataset, quality
@@ -65,8 +66,9 @@ class Progress:
     """Plain-text progress of several concurrent runs on ``stream``: on a terminal one line
     redrawn in place (one bar per active run), otherwise a line per run at every quarter."""
 
-    def __init__(self, labels: list[str], total: int, stream: TextIO = sys.stderr,
+    def __init__(self, labels: list[str], total: int, stream: TextIO | None = None,
                  width: int = 20) -> None:
+        stream = sys.stderr if stream is None else stream  # the one in use now
         self.labels, self.total, self.stream, self.width = labels, total, stream, width
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.done: dict[int, tuple[int, float]] = {}
@@ -249,6 +251,12 @@ modes covered: modes holding at least 1/5 of a perfect generator's share of {n} 
   samples (WGAN-GP drives it towards 1); wall time: training, with any tracing/compiling.
 loss: wgan = E D(fake) − E D(real) (+ penalty), ns = non-saturating (softplus) GAN loss."""
 
+#: printed under the table when the runs include "none" (docs/choosing.md says more)
+NO_PENALTY_NOTE = """\
+none: on some seeds and backends the run without a penalty covers the modes as well as the
+  penalties, or better: which modes a short run reaches depends on the seed, while its critic's
+  ‖∇D‖ (hundreds to thousands: not Lipschitz) shows on every seed; docs/choosing.md explains."""
+
 
 def _fail(msg: str) -> int:
     print(f"gpreg demo: {msg}", file=sys.stderr)
@@ -296,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         return _fail(f"--jobs must be at least 1, got {args.jobs}")
     jobs = min(len(penalties), args.jobs or _cpu_count())
-    from gpreg.demo._gallery import check_writable, write_gallery
+    from gpreg.demo._gallery import check_writable
 
     try:
         out = check_writable(args.out)
@@ -308,9 +316,16 @@ def main(args: argparse.Namespace) -> int:
         return _fail("the gallery needs matplotlib; install it with pip install "
                      "'gpreg[demo]'")
     one_thread_environment()  # before any framework starts, here or in a worker
-    # TensorFlow (which Keras imports when it is installed) logs info lines at start; keep
-    # its warnings and errors only (what you set yourself wins)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow, which Keras imports whenever it is installed, prints log lines at start
+    # (in every worker) that its TF_CPP_MIN_LOG_LEVEL does not hide: filter them
+    with tensorflow_logs_filtered():
+        return _train_and_draw(args, penalties, jobs, out)
+
+
+def _train_and_draw(args: argparse.Namespace, penalties: list[str], jobs: int,
+                    out: Path) -> int:
+    from gpreg.demo._gallery import write_gallery
+
     try:
         backend = _backend(args.backend)
     except ImportError as exc:
@@ -325,7 +340,9 @@ def main(args: argparse.Namespace) -> int:
         runs = train_all(args.backend, penalties, cfg, jobs, Progress(penalties, cfg.steps))
         print(metrics_table(runs, cfg.data))
         print(LEGEND.format(n=cfg.eval_samples, std=data.std))
-        title = (f"gpreg demo: {cfg.data} data, {backend.versions()}, {cfg.steps} generator × "
+        if "none" in penalties:
+            print(NO_PENALTY_NOTE)
+        title = (f"gpreg demo: {cfg.data} data, {backend.versions()}\n{cfg.steps} generator × "
                  f"{cfg.n_critic} critic steps, batch {cfg.batch}, Adam lr {cfg.lr}, "
                  f"seed {cfg.seed}")
         write_gallery(runs, data, out, title)

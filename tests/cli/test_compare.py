@@ -95,13 +95,58 @@ def test_disagreements_are_listed_in_full_and_fail_the_run(canned, capsys):
     assert "5 of 6 checks agree" in out
 
 
-def test_a_worker_error_is_a_failed_row(canned, capsys):
-    def error(out):
-        out["results"][1] = {**{k: out["results"][1][k] for k in ("fixture", "case", "dtype")},
-                             "error": "timing: RuntimeError: boom"}
+LONG_ERROR = ("check: ImportError: cannot import name 'TOLERANCES' from 'gpreg' (unknown "
+              "location)")
 
-    assert canned(["--all-rows"], edit=error) == 1
-    assert "timing: RuntimeError: boom"[:40] in capsys.readouterr().out
+
+@pytest.mark.parametrize("view", [["--all-rows"], []])
+def test_a_worker_error_is_a_failed_row_shown_in_full(canned, capsys, view):
+    """The table's cell is cut to fit; the error follows in full, once per distinct error,
+    with the number of checks it ended and its traceback."""
+
+    def error(out):
+        for i in (1, 2):
+            keep = {k: out["results"][i][k] for k in ("fixture", "case", "dtype")}
+            out["results"][i] = {**keep, "error": LONG_ERROR,
+                                 "traceback": "Traceback (most recent call last):\n  File x\n"
+                                              "ImportError: cannot import name 'TOLERANCES'"}
+
+    assert canned(view, edit=error) == 1
+    out = capsys.readouterr().out
+    assert LONG_ERROR[:39] + "…" in out
+    full = out.split("errors, in full:")[1]
+    assert f"torch, 2 checks (linear/wgan_gp_ratio/float32 and 1 more): {LONG_ERROR}" in full
+    assert "    Traceback (most recent call last):" in full and full.count("Traceback") == 1
+
+
+def test_a_failed_worker_process_shows_its_output(monkeypatch, capsys):
+    """A worker process that exits with an error: its last line is the reason, and its last
+    lines are printed under the status line."""
+    trace = ["Traceback (most recent call last):", '  File "<frozen runpy>", line 1',
+             "ImportError: cannot import name 'fixtures' from 'gpreg' (unknown location)"]
+
+    class Failed:
+        returncode, stdout, stderr = 1, "", "\n".join(["noise"] * 50 + trace) + "\n"
+
+    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: Failed())
+    assert cli.main(["compare", "--frameworks", "torch"]) == 1
+    out = capsys.readouterr().out
+    assert f"torch: failed (exit code 1: {trace[-1]})" in out
+    after = out.split("the torch process's last output:\n")[1].splitlines()
+    shown = [ln for ln in after if ln.startswith("    ")]
+    assert len(shown) == cli.WORKER_LINES and shown[-3:] == ["    " + ln for ln in trace]
+
+
+def test_workers_import_the_running_gpreg_from_any_folder(shadowed_folder):
+    """Run from a folder with a directory named gpreg, the worker processes still import the
+    gpreg that runs (they used to import that folder: "0 of 832 checks agree")."""
+    pytest.importorskip("torch")
+    work, start = shadowed_folder
+    proc = subprocess.run([sys.executable, *start, "compare", "--frameworks", "torch",
+                           "--penalties", "r1", "--fixtures", "linear", "--repeats", "0"],
+                          capture_output=True, text=True, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 of 2 checks agree" in proc.stdout
 
 
 def test_a_crashed_framework_process_fails_the_run(monkeypatch, torch_worker_output, capsys):

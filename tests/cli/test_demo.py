@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import io
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 
-from gpreg.demo import Progress, _data, _gallery
+from gpreg.demo import NO_PENALTY_NOTE, Progress, _data, _gallery
 from gpreg.demo._common import CHOICES, Run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +72,7 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     assert [r[0] for r in rows] == ["wgan_gp", "r1", "wgan_div"]
     assert [r[1] for r in rows] == ["wgan", "ns", "wgan"]
     assert "3/3 steps" in proc.stderr and "2 at a time" in proc.stderr  # progress
+    assert NO_PENALTY_NOTE.splitlines()[0] not in proc.stdout  # no "none" run, no note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpreg-demo.png"]  # no temp files
     # the same seed again, in this process and one after the other: the same metrics
     from gpreg.demo import Progress, metrics_table, train_all
@@ -82,6 +84,19 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     other = train_all("torch", ["r1"], Config(steps=3, seed=1), jobs=1,
                       progress=Progress(["r1"], 3, stream=io.StringIO()))
     assert other[0].samples.tolist() != runs[1].samples.tolist()  # another seed: other runs
+
+
+def test_workers_import_the_running_gpreg_from_any_folder(shadowed_folder):
+    """Run from a folder with a directory named gpreg, the demo's worker processes import the
+    gpreg that runs, as ``gpreg compare``'s do."""
+    work, start = shadowed_folder
+    proc = subprocess.run([sys.executable, *start, "demo", "--steps", "2", "--penalties",
+                           "r1,none", "--jobs", "2", "--out", "g.png"], capture_output=True,
+                          text=True, cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r[0] for r in metrics(proc.stdout)] == ["r1", "none"]
+    assert png_size(work / "g.png")[0] > 0
+    assert NO_PENALTY_NOTE in proc.stdout  # why "none" can score well, under the table
 
 
 @pytest.mark.parametrize(("out", "message"), [
@@ -206,10 +221,7 @@ def test_the_progress_line_fits_the_terminal(monkeypatch):
 def test_the_image_is_written_atomically(tmp_path, monkeypatch):
     """Interrupted while writing: neither the image nor the temporary file stays."""
     data = _data.dataset("ring")
-    rng = np.random.default_rng(0)
-    run = Run(penalty="r1", loss="ns", samples=data.sample(rng, 50), real=data.sample(rng, 50),
-              landscape=rng.normal(size=(8, 8)), interp_norms=rng.uniform(size=50),
-              wall_s=0.1, d_loss=0.0)
+    run = fake_run("r1", np.random.default_rng(1).uniform(size=50))
     target = tmp_path / "g.png"
     _gallery.write_gallery([run], data, target, "test")
     assert png_size(target)[0] > 0
@@ -225,6 +237,49 @@ def test_the_image_is_written_atomically(tmp_path, monkeypatch):
         _gallery.write_gallery([run], data, target, "test")
     assert target.read_bytes() == before  # the old image is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]
+
+
+def fake_run(penalty: str, norms: np.ndarray, seed: int = 0) -> Run:
+    data = _data.dataset("ring")
+    rng = np.random.default_rng(seed)
+    return Run(penalty=penalty, loss="wgan", samples=data.sample(rng, 50),
+               real=data.sample(rng, 50), landscape=rng.normal(size=(8, 8)),
+               interp_norms=norms, wall_s=0.1, d_loss=0.0)
+
+
+def test_the_histograms_show_every_norm_on_one_axis():
+    """Every positive finite norm of every run lies inside the shared histogram range (none
+    is clipped into an edge bin); zeros and NaN, which a log axis cannot show, are named."""
+    rng = np.random.default_rng(0)
+    wide = np.concatenate([rng.uniform(0.5, 2.0, 996), [3e-7, 2e-6, 8e4, 3e5]])
+    flat = np.concatenate([rng.uniform(1e-3, 2e-2, 98), [0.0, np.nan]])
+    runs = [fake_run("wgan_gp", wide), fake_run("r1", flat, 1)]
+    fig = _gallery._figure(runs, _data.dataset("ring"), "test")
+    hists = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert len(hists) == 2
+    for ax, run in zip(hists, runs):
+        shown = run.interp_norms[np.isfinite(run.interp_norms) & (run.interp_norms > 0)]
+        bars = ax.patches
+        left, right = bars[0].get_x(), bars[-1].get_x() + bars[-1].get_width()
+        assert left <= shown.min() and shown.max() <= right
+        assert sum(b.get_height() for b in bars) == shown.size
+        assert ax.get_xlim()[0] <= left and right <= ax.get_xlim()[1]
+    assert "(1 zero, 1 NaN/Inf not shown)" in hists[1].get_title()
+    assert "not shown" not in hists[0].get_title()
+
+
+def test_the_gallery_is_readable_at_the_docs_width():
+    """All eight runs of the default demo: scaled to a docs page's 700 px, the smallest text
+    of the gallery is still at least 9 px high (it was under 4 px with one column each)."""
+    import matplotlib.text
+
+    rng = np.random.default_rng(0)
+    runs = [fake_run(p, rng.uniform(0.1, 2.0, 100), i) for i, p in enumerate(CHOICES)]
+    fig = _gallery._figure(runs, _data.dataset("ring"), "a title\nof two lines")
+    width_px = fig.get_figwidth() * _gallery.DPI
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    smallest_pt = min(t.get_fontsize() for t in texts)
+    assert smallest_pt / 72 * _gallery.DPI * 700 / width_px >= 9
 
 
 def test_quality_metrics():
@@ -249,22 +304,67 @@ def test_quality_metrics():
     assert _data.quality(grid.sample(rng, 2500), grid).modes_covered == 25
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_keras_backend(tmp_path, backend):
+TENSORFLOW_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
+
+
+@pytest.mark.parametrize(("backend", "jobs"), [("tensorflow", "1"), ("jax", "2"), ("torch", "1")])
+def test_keras_backend(tmp_path, backend, jobs):
     """``--backend keras`` on each Keras backend: a tf.function step, a jitted stateless step
-    and an eager torch step (three penalties, two drawing points with a seed)."""
+    and an eager torch step (three penalties, two drawing points with a seed), in this
+    process or in worker processes."""
     if not (importlib.util.find_spec("keras") and importlib.util.find_spec(backend)):
         pytest.skip(f"needs keras and {backend}")
     proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1,wgan_div",
-                "--jobs", "1",
-                "--out", "k.png", cwd=tmp_path,
-                env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                "--jobs", jobs, "--out", "k.png", cwd=tmp_path, env={"KERAS_BACKEND": backend})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Keras imports TensorFlow on every backend (when installed): none of its start-up log
+    # lines (oneDNN, CUDA drivers, "failed call to cuInit") reach the demo's output
+    assert not TENSORFLOW_LOG.search(proc.stderr), proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr and "cuInit" not in proc.stderr
     assert f"keras {importlib.metadata.version('keras')} on {backend}" in proc.stderr
     rows = metrics(proc.stdout)
     assert [r[:2] for r in rows] == [["dragan", "wgan"], ["r1", "ns"], ["wgan_div", "wgan"]]
     assert all(float(r[-1]) > 0 for r in rows)  # the mean gradient norm at interpolates
     assert png_size(tmp_path / "k.png")[0] > 0
+
+
+FILTER_SCRIPT = """
+import os, subprocess, sys
+from gpreg._env import tensorflow_logs_filtered
+lines = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796154720.331558    7662 port.cc:153] oneDNN custom operations are on.",
+    "W0000 00:00:1796154720.332436    7662 cudart_stub.cc:31] a warning",
+    "E0000 00:00:1796154743.358383    7744 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
+    "F0000 00:00:1796154743.358383    7744 check.cc:1] Check failed: a fatal line",
+    "an ordinary line",
+]
+with tensorflow_logs_filtered():
+    os.write(2, ("\\n".join(lines[:3]) + "\\n").encode())  # this process, at the C level
+    subprocess.run([sys.executable, "-c", "import os, sys; os.write(2, sys.argv[1].encode())",
+                    "\\n".join(lines[3:]) + "\\n"])  # a child process
+    print("from sys.stderr", file=sys.stderr)
+print("after the block", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("level", "kept"), [
+    (None, ["F0000", "an ordinary line"]),
+    ("2", ["E0000", "F0000", "an ordinary line"]),
+    ("0", ["WARNING: All", "I0000", "W0000", "E0000", "F0000", "an ordinary line"]),
+])
+def test_tensorflow_log_lines_are_filtered_by_level(level, kept):
+    """TF_CPP_MIN_LOG_LEVEL (3 when unset) applied to TensorFlow's log lines from this process
+    and its children; every other line passes, FATAL ones always."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    proc = subprocess.run([sys.executable, "-c", FILTER_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = [*kept, "from sys.stderr", "after the block"]
+    got = [next((k for k in expected if ln.startswith(k)), ln) for ln in proc.stderr.splitlines()]
+    assert sorted(got) == sorted(expected), proc.stderr  # the order between processes varies
 
 
 def test_the_demo_package_ships_in_the_wheel():

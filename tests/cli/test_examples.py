@@ -42,7 +42,8 @@ def finite_numbers(line: str) -> list[float]:
 
 def test_every_example_has_a_smoke_test():
     tested = {"torch_wgan_gp.py", "torch_r1_lazy.py", "torch_amp_wgan_gp.py",
-              "tf_mirrored_wgan_gp.py", "keras_fit_wgan_gp.py"}
+              "tf_mirrored_wgan_gp.py", "keras_fit_wgan_gp.py", "flax_wgan_gp.py",
+              "lightning_wgan_gp.py", "accelerate_wgan_gp.py"}
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == tested
 
 
@@ -105,3 +106,44 @@ def test_keras_fit_as_a_script():
     last = out.strip().splitlines()[-1]
     assert last.startswith(f"{KERAS_BACKEND}: final d_loss")
     finite_numbers(last)
+
+
+@needs("jax", "flax", "optax", "keras")
+def test_flax_nnx_with_optax_under_jit():
+    out = run_example("flax_wgan_gp.py", "--steps", "3", backend="jax")
+    final = out.strip().splitlines()[-1]
+    assert final.startswith("final: wasserstein") and "grad_norm" in final
+    finite_numbers(final)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "flax_wgan_gp.py")],
+                          capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert proc.returncode != 0 and "KERAS_BACKEND is 'torch'" in proc.stderr
+
+
+@needs("torch", "lightning")
+def test_lightning_16_mixed_with_its_grad_scaler():
+    """float16 on the CPU through Lightning's MixedPrecision plugin: the default scale
+    overflows the first critic steps, Lightning's scaler skips them, training goes on."""
+    out = run_example("lightning_wgan_gp.py", "--steps", "3", "--precision", "16-mixed")
+    line = next(ln for ln in out.splitlines() if ln.startswith("lightning"))
+    assert "MixedPrecision 16-mixed" in line, line
+    skipped = int(re.search(r"skipped (\d+) critic steps", line).group(1))
+    assert 1 <= skipped < 15, line
+    finite_numbers(out.splitlines()[-1])
+
+
+@needs("torch", "lightning")
+def test_lightning_bf16_mixed():
+    out = run_example("lightning_wgan_gp.py", "--steps", "3", "--precision", "bf16-mixed")
+    assert "MixedPrecision bf16-mixed, no scaler" in out
+    finite_numbers(out.splitlines()[-1])
+
+
+@needs("torch", "accelerate")
+def test_accelerate_bf16_and_fp16_on_the_cpu():
+    out = run_example("accelerate_wgan_gp.py", "--steps", "3", "--mixed-precision", "bf16")
+    assert "mixed_precision bf16, no scaler" in out
+    finite_numbers(out.splitlines()[-1])
+    out = run_example("accelerate_wgan_gp.py", "--steps", "2", "--mixed-precision", "fp16")
+    assert "fp16 is off on a CPU" in out or "GradScaler skipped" in out
+    finite_numbers(out.splitlines()[-1])

@@ -87,6 +87,17 @@ if BACKEND == "jax":
             assert_close(np.asarray(a), np.asarray(b), "float32")
 
 
+if BACKEND != "jax":
+
+    def test_jax_arrays_on_another_backend_say_to_set_the_jax_backend():
+        """A Flax user who forgot KERAS_BACKEND=jax is told that, not to convert the data."""
+        import jax.numpy as jnp
+
+        x = jnp.ones((4, 3))
+        with pytest.raises(TypeError, match=r"JAX array .* set KERAS_BACKEND=jax before"):
+            gp.wgan_gp(lambda v: v.sum(axis=1), x, x, seed=0)
+
+
 if BACKEND == "tensorflow":
     import tensorflow as tf
 

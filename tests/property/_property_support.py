@@ -344,14 +344,9 @@ def cases(draw: Any, max_batch: int = 5) -> tuple[Problem, Case]:
 def check_run(got: dict[str, Any], case: Case, tolerance: str, where: str) -> None:
     """A ``run_case`` result against the reference ``case`` (value, per-sample, norms,
     every parameter gradient) with the shared tolerance table."""
-    from gpreg._tolerances import assert_close
+    from gpreg._tolerances import assert_case
 
-    assert_close(got["value"], case.value, tolerance, err_msg=f"{where}: value")
-    assert_close(got["per_sample"], case.per_sample, tolerance, err_msg=f"{where}: per-sample")
-    assert_close(got["norms"], case.norms, tolerance, err_msg=f"{where}: norms")
-    assert set(got["grads"]) == set(case.grads), where
-    for name, expected in case.grads.items():
-        assert_close(got["grads"][name], expected, tolerance, err_msg=f"{where}: d/d{name}")
+    assert_case(got, case, tolerance, where)
 
 
 def check_same(a: dict[str, Any], b: dict[str, Any], tolerance: str, where: str) -> None:
