@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine, report
-from benchmarks.specs import default_specs
-from benchmarks.timing import LoadMeter
+from gpreg.tools.critics import default_specs
+from gpreg.tools.timing import background_load, choose_threads
 
 SECTIONS = ("checks", "handwritten", "steps", "lazy", "reuse", "memory")
 FRAMEWORKS = ("torch", "tensorflow", "jax")
@@ -70,27 +70,13 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _background_load(seconds: float = 1.0) -> float | None:
-    """Cores kept busy by other processes over ``seconds`` (None where unmeasurable)."""
-    meter = LoadMeter()
-    meter.start()
-    time.sleep(seconds)
-    return meter.stop()["background_cores"]
-
-
 def _threads(args: argparse.Namespace, bg: float | None) -> tuple[int, str]:
     """The thread count of every framework, and why it was chosen."""
     if args.threads:
         return args.threads, "--threads"
     if args.quick:
         return 1, "--quick (tiny critics gain nothing from threads)"
-    cores = machine.usable_cores()
-    if bg is not None and bg > 0.5 and cores > 1:
-        # OpenMP threads that lose their core to another process stall every parallel
-        # region (seen here: a step 13x slower with 2 threads on 2 busy cores).
-        n = max(1, cores - round(bg))
-        return n, f"{cores} usable cores, {bg} kept busy by other processes"
-    return cores, "usable cores"
+    return choose_threads(bg)
 
 
 def _run_keras(backend: str, cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -165,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad:
             raise SystemExit(f"unknown frameworks {bad}; expected some of {list(FRAMEWORKS)}")
     settings = _settings(args)
-    bg = _background_load(0.3 if args.quick else 1.0)
+    bg = background_load(0.3 if args.quick else 1.0)
 
     import torch
 

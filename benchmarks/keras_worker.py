@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.specs import CriticSpec
-from benchmarks.timing import GroupResult, Variant, time_group
+from gpreg.tools.critics import CriticSpec
+from gpreg.tools.timing import GroupResult, Variant, limit_threads, time_group
 
 #: relative tolerance (‖a − b‖ / ‖b‖) of the float32 agreement checks made before timing
 CHECK_RTOL = 2e-4
@@ -171,7 +171,7 @@ def _tensorflow_critic(run: Runner, spec: CriticSpec) -> None:
     import tensorflow as tf
 
     import gpreg_keras as gp
-    from benchmarks import keras_critics as kc
+    from gpreg.tools import keras_critics as kc
 
     model = kc.build(spec, seed=run.cfg["seed"])
     tvars = model.trainable_variables
@@ -254,7 +254,7 @@ def _jax_critic(run: Runner, spec: CriticSpec) -> None:
     import jax.numpy as jnp
 
     import gpreg_keras as gp
-    from benchmarks import keras_critics as kc
+    from gpreg.tools import keras_critics as kc
 
     model = kc.build(spec, seed=run.cfg["seed"])
     tv = [v.value for v in model.trainable_variables]
@@ -303,22 +303,6 @@ def _jax_critic(run: Runner, spec: CriticSpec) -> None:
 # ----------------------------------------------------------------------------- entry
 
 
-def _thread_controls(backend: str, threads: int) -> dict[str, Any]:
-    """Apply the thread count before the framework starts; return what was done."""
-    if backend == "jax":
-        done: dict[str, Any] = {"requested": threads}
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if threads == 1:
-            from gpreg._env import xla_one_thread
-
-            done["xla_flags"] = xla_one_thread()
-        elif cores and threads < len(cores):
-            os.sched_setaffinity(0, cores[:threads])
-            done["affinity"] = cores[:threads]
-        return done
-    return {"requested": threads}  # TensorFlow: set through tf.config once imported
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one backend's sections and write the rows as JSON to ``--result``."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.keras_worker")
@@ -330,15 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("KERAS_BACKEND") != args.backend:
         raise SystemExit(f"KERAS_BACKEND must be {args.backend!r} in this process, got "
                          f"{os.environ.get('KERAS_BACKEND')!r}")
-    threads = _thread_controls(args.backend, int(cfg["threads"]))
+    threads = limit_threads(args.backend, int(cfg["threads"]))
     versions: dict[str, str] = {}
     if args.backend == "tensorflow":
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(int(cfg["threads"]))
-        tf.config.threading.set_inter_op_parallelism_threads(int(cfg["threads"]))
-        threads["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
-        threads["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
         versions["tensorflow"] = tf.__version__
     else:
         import jax

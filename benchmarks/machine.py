@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gpreg.tools.timing import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: distributions whose versions are recorded (first one installed of each tuple)
@@ -46,14 +48,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def memory_gib() -> float | None:

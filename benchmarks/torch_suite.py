@@ -4,22 +4,19 @@ R1, forward reuse and peak memory. Everything runs in this process, eagerly, on 
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 import gpreg_torch as gp
-from benchmarks import torch_critics as tc
 from benchmarks import torch_handwritten as hw
-from benchmarks.timing import GroupResult, Variant, time_group
+from gpreg.tools import torch_critics as tc
+from gpreg.tools.timing import GroupResult, Variant, time_group
+from gpreg_torch._cost import count_flops, peak_memory_bytes
 
 #: relative tolerance (‖a − b‖ / ‖b‖) of the float32 agreement checks made before timing
 CHECK_RTOL = 2e-4
@@ -101,32 +98,6 @@ def _ratio_row(g: GroupResult, name: str, baseline: str) -> dict[str, Any]:
             "ratio": g.ratio_stats(name, baseline)}
 
 
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's module tracker: everything counts under 'Global'.
-
-    The tracker's backward hooks raise "A leaf node was passed to _will_engine_execute_node
-    but we are currently running autograd.grad()" on the penalties' inner autograd.grad, and
-    the per-module breakdown is not needed here.
-    """
-
-    parents: frozenset[str] = frozenset({"Global"})
-
-    def __enter__(self) -> _GlobalOnly:
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Matmul/convolution/attention FLOPs of one call of ``fn`` (forward and all backwards)."""
-    counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 class _OpCounter(TorchDispatchMode):
     """Counts the ATen operations dispatched while active (each is at least one kernel)."""
 
@@ -148,42 +119,6 @@ def count_ops(penalty: Callable[[], torch.Tensor]) -> tuple[int, int]:
     with _OpCounter() as bwd:
         value.backward()
     return fwd.count, bwd.count
-
-
-def peak_memory_bytes(fn: Callable[[], Any], device: str) -> int:
-    """Peak bytes of tensor memory allocated *during* one call of ``fn`` and live together.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at the start. CPU: the
-    "Total Allocated" counter of torch.profiler's memory events (``profile_memory=True``),
-    which follows the CPU allocator's allocations and frees of blocks allocated inside the
-    window; its maximum above its value at the start is the same quantity. Memory that
-    existed before the call (parameters, optimizer state, the batch) is not counted.
-    """
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    finally:
-        os.unlink(path)
-    mem = [e["args"] for e in events if e.get("name") == "[memory]"
-           and e.get("args", {}).get("Device Type") == 0]
-    if not mem:
-        return 0
-    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]
-    return int(max(m["Total Allocated"] for m in mem) - start)
 
 
 # ----------------------------------------------------------------------------- the suite

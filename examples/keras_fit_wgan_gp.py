@@ -64,11 +64,15 @@ class WGANGP(keras.Model):
 
     # --- the losses, written once for every backend ---------------------------------------
     def losses_of(self, critic: Any, generator: Any, real: Any, z: Any, seed: Any) -> Any:
-        fake = generator(z)
-        d_fake = critic(ops.stop_gradient(fake))
-        d_loss = ops.mean(d_fake) - ops.mean(critic(real))
-        d_loss = d_loss + gp.wgan_gp(critic, real, fake, weight=self.gp_weight, seed=seed)
-        g_loss = -ops.mean(critic(fake))
+        # ``seed`` moves every step: the SeedGenerator (TensorFlow, torch) or a key per step
+        # (JAX). The critic runs in training mode everywhere, the penalty pass included.
+        train = {"training": True}
+        fake = generator(z, **train)
+        d_fake = critic(ops.stop_gradient(fake), **train)
+        d_loss = ops.mean(d_fake) - ops.mean(critic(real, **train))
+        d_loss = d_loss + gp.wgan_gp(critic, real, fake, weight=self.gp_weight, seed=seed,
+                                     kwargs=train)
+        g_loss = -ops.mean(critic(fake, **train))
         return d_loss, g_loss
 
     def _variables(self) -> tuple[list[Any], list[Any]]:
@@ -107,24 +111,39 @@ class WGANGP(keras.Model):
         d_vars, g_vars = self._variables()
         d_idx = [index[id(v)] for v in d_vars]
         g_idx = [index[id(v)] for v in g_vars]
+        nt_index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+        d_nt = [nt_index[id(v)] for v in self.critic.non_trainable_variables]
         step = opt_vars[0]  # the optimizer's iteration counter: a fresh key every step
         key = jax.random.fold_in(jax.random.key(self.base_seed), step)
         z = keras.random.normal((real.shape[0], self.latent_dim), seed=jax.random.fold_in(key, 1))
 
         def generator_of(g_tv: Any) -> Any:
-            return gp.stateless_critic(self.generator, g_tv, self.generator.non_trainable_variables)
+            g_ntv = [ntv[nt_index[id(v)]] for v in self.generator.non_trainable_variables]
+            return gp.stateless_critic(self.generator, g_tv, g_ntv)
 
         def d_objective(d_tv: Any) -> Any:
-            critic = gp.stateless_critic(self.critic, d_tv)
+            critic = gp.stateless_critic(self.critic, d_tv, [ntv[i] for i in d_nt])
             g_tv = [tv[i] for i in g_idx]
-            return self.losses_of(critic, generator_of(g_tv), real, z, key)[0]
+            d_loss = self.losses_of(critic, generator_of(g_tv), real, z, key)[0]
+            return d_loss, critic.non_trainable_values  # BatchNorm / Dropout state, threaded
 
         def g_objective(g_tv: Any) -> Any:
-            critic = gp.stateless_critic(self.critic, [tv[i] for i in d_idx])
-            return self.losses_of(critic, generator_of(g_tv), real, z, key)[1]
+            critic = gp.stateless_critic(self.critic, [tv[i] for i in d_idx],
+                                         [ntv[i] for i in d_nt])
+            g_loss = self.losses_of(critic, generator_of(g_tv), real, z, key)[1]
+            return g_loss, critic.non_trainable_values
 
-        d_loss, d_grads = jax.value_and_grad(d_objective)([tv[i] for i in d_idx])
-        g_loss, g_grads = jax.value_and_grad(g_objective)([tv[i] for i in g_idx])
+        def thread(values: list[Any]) -> None:  # the critic's state, for the next call
+            for i, value in zip(d_nt, values):
+                ntv[i] = value
+
+        ntv = list(ntv)
+        (d_loss, d_ntv), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+            [tv[i] for i in d_idx])
+        thread(d_ntv)
+        (g_loss, g_ntv), g_grads = jax.value_and_grad(g_objective, has_aux=True)(
+            [tv[i] for i in g_idx])
+        thread(g_ntv)
         grads = [None] * len(tv)
         for i, g in zip(d_idx + g_idx, list(d_grads) + list(g_grads)):
             grads[i] = g

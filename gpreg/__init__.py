@@ -5,8 +5,8 @@ This core package imports NumPy only. The framework functions live in ``gpreg_to
 registry, the formulas, the evaluation points, the input checks and the numerical fixtures.
 """
 
-from gpreg._check import CheckReport
 from gpreg._lazy import LazyRegularization
+from gpreg._report import CheckReport
 from gpreg._specs import (
     BUILTIN_NAMES,
     ENTRY_POINT_GROUP,
@@ -19,7 +19,7 @@ from gpreg._specs import (
     register_penalty,
 )
 from gpreg._tolerances import TOLERANCES
-from gpreg._validation import BatchNormWarning
+from gpreg._validation import BatchNormWarning, FixedSeedWarning, InexactStatisticsWarning
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,8 @@ __all__ = [
     "TOLERANCES",
     "BatchNormWarning",
     "CheckReport",
+    "FixedSeedWarning",
+    "InexactStatisticsWarning",
     "LazyRegularization",
     "PenaltySpec",
     "Shape",

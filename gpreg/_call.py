@@ -185,6 +185,10 @@ class Call:
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     output: Output = None
 
+    def map(self, fn: Callable[[Any], Any]) -> Call:
+        """The same call with ``fn`` applied to every leaf of ``args`` and ``kwargs``."""
+        return Call(map_leaves(fn, self.args), map_leaves(fn, self.kwargs), self.output)
+
     @property
     def plain(self) -> bool:
         """``critic(*points)`` with a tensor output: nothing to pass or pick."""

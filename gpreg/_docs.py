@@ -7,6 +7,9 @@ Each adapter fills ``<<example>>`` (a runnable example in its framework), ``<<rn
 
 from __future__ import annotations
 
+import re
+import textwrap
+
 COMMON = (
     "The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one\n"
     "    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional\n"
@@ -403,6 +406,221 @@ TEMPLATES["grad_norm"] = r"""Per-sample input-gradient norms :math:`n_i = \lVert
     Example:
 <<example>>"""
 
+
+COST = r"""What each penalty costs on your critic, batch and device (<<framework>>), and the levers.
+
+    Times the critic *step* training runs — zero the gradients, the WGAN loss
+    :math:`\frac{1}{B}\sum D(\tilde x) - \frac{1}{B}\sum D(x)`, its gradient, an optimizer
+    step — without a penalty (*plain*) and with each penalty added to the loss, paired and
+    interleaved: in every round each step is timed once, in a shuffled order, and a ratio is
+    the median of the per-round ratios, with their min and max. The plain step is also timed
+    against itself (the *control*): its spread is the noise floor, and a difference inside it
+    is not a difference. Beside the times: the ratio of the steps' matmul and convolution
+    FLOPs, and of their peak memory. The levers:
+
+    - *lazy regularization* (StyleGAN2): the penalty only every :math:`N`-th batch, as a step
+      of its own (the penalty, its gradient, an optimizer step: the *alone* step, timed too),
+      costs :math:`(N \cdot t_\text{plain} + t_\text{alone}) / (N \cdot t_\text{plain})` per
+      batch against the plain step, for each :math:`N` in ``lazy``;
+    - <<reuse>>
+
+    <<how>>
+
+    The critic's parameters, buffers and gradients and the optimizer's state are restored
+    afterwards: measuring does not train the critic.
+
+    Args:
+        critic: the critic, as in :func:`wgan_gp` (the module or model itself: its
+            parameters are what the step's optimizer updates).
+        real: a real batch (a tensor, or a tuple of tensors for a multi-input critic), of the
+            size you train with.
+        fake: a generated batch of the same shape; ``None`` uses ``real`` rolled by one
+            sample (the cost does not depend on the values).
+        penalties: the penalties to measure, by name (any registered name); ``None``:
+            ``wgan_gp`` and ``r1``, one evaluated at new points and one at the data.
+        args, kwargs, output: as in :func:`wgan_gp`; passed to every critic call of the plain
+            step and of the penalty steps.
+        optimizer: <<optimizer>>; ``None``: Adam (lr 1e-4, betas (0, 0.9)), WGAN-GP's.
+        lazy: the intervals :math:`N` of the lazy-regularization lever; ``()`` skips it (and
+            the alone steps).
+        rounds: timed rounds (each step once per round; 11 by default, 3 for a quick look).
+        warmup: untimed calls of every step after its first call (the first call, which
+            traces and compiles where the framework does, is timed and reported apart).
+        min_sample_s: a timed sample repeats a step until it lasts about this long (0: one
+            step per sample).
+        flops: count the FLOPs of each step.
+        memory: measure the peak memory of each step.
+        seed: seed of the penalties' random draws and of the order of the steps in a round.
+        progress: called with a short message at each stage (``gpreg cost`` prints them to
+            stderr).
+
+    Returns:
+        A :class:`gpreg.tools.cost.CostReport`: ``summary()`` is the table (one row per step)
+        with the one-line ``reading()``; ``report["wgan_gp"]`` has one penalty's ratios
+        (``ratio``, ``flop_ratio``, ``memory_ratio``, ``lazy[N]``, ``reuse_saving``);
+        ``to_dict()`` is JSON-ready.
+
+    Raises:
+        ValueError: an empty ``penalties``, a bad ``lazy`` interval, ``rounds`` < 1, and as in
+            :func:`wgan_gp`.
+        KeyError: an unknown penalty name (``gpreg.UnknownPenaltyError``).
+        TypeError: a critic without parameters and no ``optimizer``, and as in
+            :func:`wgan_gp`.
+
+    Example:
+<<example>>
+    """
+
+
+def render_cost(*, framework: str, how: str, optimizer: str, reuse: str, example: str) -> str:
+    """The docstring of ``cost`` for one adapter (the shared :data:`COST` text)."""
+    doc = COST.replace("<<framework>>", framework).replace("<<how>>", how)
+    doc = doc.replace("<<optimizer>>", optimizer).replace("<<reuse>>", reuse)
+    return doc.replace("<<example>>", example.rstrip("\n"))
+
+
+CHECK_CRITIC = r"""Check that gpreg's penalties differentiate correctly through ``critic``: run it first.
+
+    A gradient penalty's parameter gradient is a second derivative of the critic (double
+    backprop). A layer that is right to first order but not to second order leaves the
+    penalty's value right and its gradient silently wrong<<known>>. This function compares
+    each penalty's parameter gradient with central finite differences of the penalty's value
+    along ``directions`` random directions per parameter group (each <<group>>), and
+    reports the relative error per penalty and group. It also reports **sample coupling**
+    (moving sample :math:`j`'s input moves sample :math:`i`'s score: batch normalization in
+    training mode), non-finite values or gradients, and errors raised by double
+    backprop<<errors>>, with their fixes.
+
+    The critic itself is never run nor changed: <<copy>>. <<precision>> The evaluation points
+    use a fixed ``alpha`` and DRAGAN ``noise``, and every evaluation starts from the same
+    random seed and the same buffers or non-trainable state, so each penalty is a
+    deterministic function of the parameters (dropout draws the same mask each time).
+
+    Args:
+        critic: <<critic>>, called as ``critic(*points, *args, **kwargs)`` as in the
+            penalties. A function, a lambda or a ``functools.partial`` is refused (it could
+            hide models that the check would run instead of a copy): pass
+            ``check_critic(D, real, fake, args=(labels,))`` for ``lambda x: D(x, labels)``.
+        real: a batch of real samples (<<data>>, or a tuple of them for a multi-input
+            critic); a few samples suffice (4–16).
+        fake: a batch shaped like ``real``; without it only the penalties evaluated at real
+            data (``r1``, ``dragan``) are checked.
+        penalties: a name or a list of names (any registered penalty); default: every
+            built-in that the data allow.
+        directions: random directions per parameter group.
+        eps: finite-difference step, relative to each group's root mean square; default
+            ``1e-4`` in float64 and ``3e-3`` in float32.
+        rtol: largest accepted relative error; default ``1e-6`` in float64 and ``5e-3`` in
+            float32.
+        dtype: <<dtype>>
+        args, kwargs, output: the critic's extra arguments and output selector, as in the
+            penalties (labels, <<kwargs>>, ``output="adv_output"``); floating tensors among
+            them are cast to the check's dtype.
+        training: <<training>>
+        <<rng>>: <<rng_doc>> that seeds the check's draws (points, directions); default:
+            seed 0, so the same call gives the same report.
+
+    Returns:
+        CheckReport: (``gpreg.CheckReport``) ``ok``, ``errors`` (``{penalty: {group:
+            relative error}}``), ``coupling``, ``nonfinite``, ``failures()`` and
+            ``summary()`` (also ``str(report)``).
+
+    Raises:
+        TypeError: ``critic`` is not <<model>>, or the data are not <<data_kind>>.
+        ValueError: a penalty needs ``fake`` and none was given; ``directions``, ``eps`` or
+            ``rtol`` out of range.
+
+    Example:
+<<example>>
+    """
+
+CHECK_FILLS: dict[str, dict[str, str]] = {
+    "torch": {
+        "known": "", "group": "parameter tensor",
+        "errors": " (a custom autograd Function marked ``@once_differentiable``,\n"
+                  "    ``torch.compile``, fused attention)",
+        "copy": "the check runs on a float64 deep copy (``copy.deepcopy``, then ``.to``), "
+                "and the\n    parameters, buffers (BatchNorm's statistics and counter), mode "
+                "and global RNG state\n    of ``critic`` stay as they were",
+        "precision": "A critic that fails in float64 is checked in float32, and the report "
+                     "says\n    so.",
+        "critic": "the ``nn.Module`` (or its DDP or ``torch.compile`` wrapper)",
+        "data": "a tensor",
+        "dtype": "``\"float64\"`` or ``\"float32\"`` (or a ``torch.dtype``): the dtype of the "
+                 "copy.\n            Default: float64, or float32 when the critic fails in "
+                 "float64. Check in float32\n            when kernels that only run in lower "
+                 "precision (fused attention, cuDNN) matter.",
+        "kwargs": "``kwargs={\"c\": c}``",
+        "training": "``None`` keeps the critic's mode; ``True`` or ``False`` sets it on the\n"
+                    "            copy (``False``: check as used in inference mode).",
+        "rng": "generator", "rng_doc": "a ``torch.Generator``",
+        "model": "an ``nn.Module`` or cannot be deep-copied", "data_kind": "tensors",
+    },
+    "keras": {
+        "known": " — Keras 3's normalization layers on\n    TensorFlow were such a case (gpreg "
+                 "corrects them inside its own calls)",
+        "group": "variable", "errors": "", "data_kind": "arrays",
+        "copy": "a Keras 3 model goes through ``stateless_call`` with the\n    parameter values "
+                "as arguments (rebuilt from its config when the check runs in another\n    "
+                "dtype), a tf-keras model is rebuilt; your variables, moving statistics, seed\n"
+                "    generators and Python's and NumPy's random state stay as they were",
+        "precision": "The check runs in float64 on TensorFlow (the model rebuilt with a\n    "
+                     "float64 dtype policy) and in float32 on JAX and torch, where Keras 3 "
+                     "computes some\n    float64 operations in float32 (a larger step, a "
+                     "looser tolerance; the report says so).",
+        "critic": "a Keras 3 model or layer (on every backend), a :func:`stateless_critic`\n"
+                  "            closure, or a tf-keras (Keras 2) model on TensorFlow",
+        "data": "a tensor or NumPy array",
+        "dtype": "``\"float64\"`` or ``\"float32\"``: the dtype of the copy. Default: float64 "
+                 "on\n            TensorFlow (float32 when the critic fails in float64), "
+                 "float32 on JAX and torch.\n            Check in float32 to test the kernels "
+                 "your float32 training runs: some layers\n            pick another "
+                 "implementation per dtype (tf-keras's LayerNormalization is fused,\n"
+                 "            and exact, only in float32).",
+        "kwargs": "``kwargs={\"training\": True}``",
+        "training": "passed to the model's call (``None``: the model's default, "
+                    "inference).",
+        "rng": "seed", "rng_doc": "an int, a ``keras.random.SeedGenerator`` or a JAX key",
+        "model": "a Keras model (a function is refused)",
+    },
+}
+
+
+def _reflow(doc: str, width: int = 96) -> str:
+    """Paragraphs (indent 4) and Args/Raises entries (indent 8, continued at 12) re-wrapped."""
+    out: list[str] = []
+    block: list[str] = []
+    indent = 0
+
+    def flush() -> None:
+        if block:  # (no line break inside an inline literal: its spaces are held back)
+            text = re.sub(r"``.*?``", lambda m: m.group().replace(" ", "\0"), " ".join(block))
+            out.extend(line.replace("\0", " ") for line in textwrap.wrap(
+                text, width, initial_indent=" " * indent, break_on_hyphens=False,
+                subsequent_indent=" " * (indent + (4 if indent == 8 else 0)),
+                break_long_words=False))
+            block.clear()
+
+    for line in doc.splitlines():
+        text, ind = line.strip(), len(line) - len(line.lstrip())
+        if not text or ind == 0 or (text.endswith(":") and " " not in text):
+            flush()
+            out.append(line)
+            continue
+        if ind == 8 or (ind == 4 and indent != 4):
+            flush()
+            indent = ind
+        block.append(text)
+    flush()
+    return "\n".join(out)
+
+
+def render_check(framework: str, example: str) -> str:
+    """The docstring of ``check_critic`` for ``framework`` (``"torch"`` or ``"keras"``)."""
+    doc = CHECK_CRITIC
+    for key, text in CHECK_FILLS[framework].items():
+        doc = doc.replace(f"<<{key}>>", text)
+    return _reflow(doc).replace("<<example>>", example.rstrip("\n"))
 
 
 def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:

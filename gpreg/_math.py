@@ -3,7 +3,8 @@
 Every function takes ``xp``, an array namespace: ``numpy`` itself, gpreg_torch's ``_ops``
 (torch functions under array-API names) or gpreg_keras's ``_ops`` (``keras.ops``). Only
 these members are used: ``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``reshape``,
-``zeros_like``, ``ones_like`` (and ``std`` in ``gpreg._points``), plus the ``**`` operator.
+``zeros_like``, ``ones_like`` (and ``std(x, ddof=...)`` in ``gpreg._points``), plus the ``**``
+operator.
 """
 
 from __future__ import annotations

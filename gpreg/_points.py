@@ -33,27 +33,14 @@ def interpolates(
 PERTURBATIONS: tuple[str, ...] = ("uniform", "gaussian")
 
 
-def _elements(part: Array, xp: Namespace) -> Any:
-    """Number of elements of ``part``: a Python int, or a tensor when a size is unknown (a
-    symbolic batch dimension while tracing)."""
-    size = 1
-    for d in part.shape:
-        if d is None:
-            return xp.sum(xp.ones_like(part))
-        size *= int(d)
-    return size
-
-
 def batch_std(part: Array, ddof: int, xp: Namespace) -> Array:
     r""":math:`\sigma`, the standard deviation of all elements of ``part`` with ``ddof`` degrees of
     freedom removed: ``ddof=0`` is the population value (NumPy's ``x.std()``, the authors' DRAGAN
     code), ``ddof=1`` the unbiased one (``torch.std``'s default, public PyTorch DRAGAN code).
+    ``xp.std`` takes ``ddof`` (NumPy's, the adapters' namespaces and their all-replica
+    statistics under data parallelism, where the count is that of the global batch).
     """
-    sigma = xp.std(part)
-    if ddof == 0:
-        return sigma
-    n = _elements(part, xp)
-    return sigma * ((n / (n - ddof)) ** 0.5)
+    return xp.std(part) if ddof == 0 else xp.std(part, ddof=ddof)
 
 
 def dragan_points(

@@ -31,6 +31,110 @@ def batchnorm_message(where: str, layers: Sequence[str]) -> str:
         f"category=gpreg.BatchNormWarning). (Shown once per critic.)"
     )
 
+
+
+class InexactStatisticsWarning(UserWarning):
+    """A TensorFlow critic whose graph is frozen (a restored SavedModel, a concrete function)
+    computes normalization statistics with ``tf.nn.moments``: the penalty's parameter
+    gradient is wrong to second order, and gpreg cannot swap in exact statistics."""
+
+
+class FixedSeedWarning(UserWarning):
+    """An int ``seed=`` inside a compiled training step: the same random draw every step."""
+
+
+def frozen_moments_message(where: str) -> str:
+    return (
+        f"{where}: the critic is a frozen TensorFlow graph (a restored SavedModel, a "
+        f"model.export() endpoint, a TFSMLayer or a concrete function) that computes "
+        f"normalization statistics with tf.nn.moments. Its variance stops the gradient "
+        f"through the mean: the penalty's value is right, its parameter gradient is not, and "
+        f"gpreg cannot swap in exact statistics in a graph that is already traced. Use the "
+        f"Python model (or its tf.function) as the critic. (Shown once per critic.)"
+    )
+
+
+def fixed_seed_message(where: str, seed: object, fix: str) -> str:
+    return (
+        f"{where}: seed={seed!r} is a fixed draw, and this call is being traced into a "
+        f"compiled step (tf.function / jax.jit): every step will use the same random numbers "
+        f"(the same alpha for each batch position). An int seed is meant for tests. In "
+        f"training pass {fix}. (Shown once.)"
+    )
+
+
+def traced_seed_generator(where: str) -> ValueError:
+    return ValueError(
+        f"{where}: a keras.random.SeedGenerator cannot advance inside jax.jit: its state "
+        f"update would be frozen into the compiled step (the same random numbers every step) "
+        f"and leave a tracer behind in the generator. Pass a JAX key that changes per step "
+        f"(e.g. seed=jax.random.fold_in(key, step), with key and step arguments of the "
+        f"jitted function), or explicit alpha= (and noise= for DRAGAN). A SeedGenerator "
+        f"works where Keras threads its state (a keras.StatelessScope that maps it)."
+    )
+
+
+def traced_unseeded(where: str) -> ValueError:
+    return ValueError(
+        f"{where}: inside jax.jit (or any JAX transformation) the random draws need a seed: "
+        f"pass seed= (a JAX key that changes per step, e.g. jax.random.fold_in(key, step)), "
+        f"or explicit alpha= (and noise= for DRAGAN)."
+    )
+
+
+def unsupported_points(where: str, role: str, kind: str) -> TypeError:
+    return TypeError(
+        f"{where}: {role} is a {kind}; gradient penalties need dense tensors with a batch "
+        f"dimension (the norm is taken per sample over a fixed shape). Densify or pad first: "
+        f"ragged.to_tensor(), tf.sparse.to_dense(x), or batch samples of equal shape."
+    )
+
+
+def wrong_backend_tensor(where: str, role: str, kind: str, backend: str,
+                         belongs: str | None) -> TypeError:
+    hint = (
+        f"Keras runs its {backend} backend: if the model is meant for {belongs}, set "
+        f"KERAS_BACKEND={belongs} before the first `import keras`; otherwise convert with "
+        f"keras.ops.convert_to_tensor(x)."
+        if belongs else "Convert with keras.ops.convert_to_tensor(x, dtype='float32')."
+    )
+    return TypeError(
+        f"{where}: {role} must be a tensor of the Keras backend ({backend}), a NumPy array, "
+        f"or a tuple of them (one per critic input); got {kind}. {hint}"
+    )
+
+
+def stateless_variables(where: str, which: str) -> TypeError:
+    return TypeError(
+        f"{where}: {which} holds the model's Variables, not values. On JAX, jax.grad "
+        f"differentiates the values you pass in; a critic built on the Variables uses their "
+        f"stored contents, so every parameter gradient would be zero (and under jax.jit the "
+        f"values would be frozen at trace time). Pass the values the step receives: "
+        f"gp.stateless_critic(model, trainable_values, non_trainable_values) with, outside the "
+        f"step, trainable_values = [v.value for v in model.trainable_variables]."
+    )
+
+
+def loss_scale_traced(where: str) -> ValueError:
+    return ValueError(
+        f"{where}: scaler= under jax.jit reads the LossScaleOptimizer's loss scale, and "
+        f"outside a keras.StatelessScope that is the value frozen at trace time: after the "
+        f"first overflow every step would be skipped. Compute the loss (penalty and "
+        f"optimizer.scale_loss included) inside `with keras.StatelessScope(state_mapping="
+        f"list(zip(optimizer.variables, optimizer_values))):`, with optimizer_values the "
+        f"optimizer state the jitted step receives."
+    )
+
+
+def per_shard_message(where: str, what: str) -> str:
+    return (
+        f"{where}: called inside shard_map / pmap (named axes), where each device sees only "
+        f"its shard: {what} is computed over this shard, not the global batch, and differs "
+        f"from one device. Call the penalty under jax.jit on globally sharded arrays (the "
+        f"statistic is then global), or accept the per-shard statistic. (Shown once.)"
+    )
+
+
 Shape = tuple[int, ...]
 
 
@@ -197,14 +301,16 @@ def check_floating(where: str, role: str, dtype: str, is_floating: bool) -> None
         )
 
 
-def check_same_dtype(where: str, dtypes: Sequence[tuple[str, str]]) -> None:
-    """``dtypes`` is a list of (role, dtype name); all must agree."""
+def check_same_dtype(where: str, dtypes: Sequence[tuple[str, str]],
+                     cast: str = "fake.to(real.dtype)") -> None:
+    """``dtypes`` is a list of (role, dtype name); all must agree. ``cast`` is the
+    framework's idiom for the fix (Keras: ``keras.ops.cast(fake, real.dtype)``)."""
     names = {d for _, d in dtypes}
     if len(names) > 1:
         listing = ", ".join(f"{role} {d}" for role, d in dtypes)
         raise TypeError(
             f"{where}: the points have different dtypes ({listing}); cast them to one dtype, "
-            f"e.g. fake.to(real.dtype)."
+            f"e.g. {cast}."
         )
 
 
@@ -318,3 +424,54 @@ def check_global_batch_size(where: str, reduction: str, global_batch_size: objec
             f"reduction='mean'; got reduction={reduction!r}."
         )
     return global_batch_size
+
+
+def check_needs_model(where: str, critic: object, accepted: str) -> TypeError:
+    """``check_critic`` was given a function (a closure, a partial, a lambda) or another
+    callable that is not a model: it could hide models that the check would run and change."""
+    kind = "a lambda" if getattr(critic, "__name__", "") == "<lambda>" else (
+        f"{_article(type(critic).__name__)} {type(critic).__name__}")
+    return TypeError(
+        f"{where}: the critic must be {accepted}; got {kind}. The check runs on a copy of the "
+        f"model so that yours is never run nor changed, and a function can hide models that "
+        f"it would run instead (their BatchNorm statistics, counters and random state would "
+        f"move). Pass the model and its call options, as the penalties take them: "
+        f"check_critic(D, real, fake, args=(labels,)) for lambda x: D(x, labels); "
+        f"kwargs={{...}} for keyword arguments; output='score' (a key, an index or a callable) "
+        f"for a critic that returns a tuple or dict."
+    )
+
+
+# --- errors raised by double backprop, with their known causes --------------------
+
+_HINTS: tuple[tuple[str, str], ...] = (
+    ("once_differentiable",
+     "a custom autograd Function marked @once_differentiable sits in the critic; its backward "
+     "cannot be differentiated again, so no gradient penalty can reach the parameters through "
+     "it. Write its backward with differentiable torch operations and drop the decorator, or "
+     "keep the Function out of the critic."),
+    ("does not currently support double backward",
+     "torch.compile (aot_autograd) has no double backward: compute the penalty through the "
+     "uncompiled module (compiled._orig_mod)."),
+    ("_scaled_dot_product_",
+     "fused attention kernels have no double backward: compute the penalty under "
+     "torch.nn.attention.sdpa_kernel(SDPBackend.MATH)."),
+    ("CuDNN RNN",
+     "cuDNN RNNs have no double backward: disable cuDNN for the penalty pass "
+     "(torch.backends.cudnn.flags(enabled=False))."),
+    ("cudnnRNN",
+     "cuDNN RNNs have no higher-order gradient: build the recurrent layers with "
+     "use_cudnn=False."),
+    ("is not implemented",
+     "an operation in the critic has no double backward in this framework; the penalty cannot "
+     "be differentiated through it."),
+)
+
+
+def explain(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception raised by double backprop, with a hint if known."""
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    for needle, hint in _HINTS:
+        if needle in str(exc):
+            return f"{text} -- {hint}"
+    return text

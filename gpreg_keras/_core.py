@@ -7,6 +7,7 @@ here by ``keras.random`` so that ``seed=`` means the same on every backend.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -67,20 +68,27 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     stateless = getattr(critic, "_gpreg_call", None)
     if stateless is not None:  # gp.stateless_critic(...): it knows the model's convention
-        return lambda *pts: stateless(pts, call.args, call.kwargs)
+        fn = lambda *pts: stateless(pts, call.args, call.kwargs)  # noqa: E731
+        fn._gpreg_state = critic._gpreg_state  # type: ignore[attr-defined]  # see _jax.py
+        return fn
+    target = critic
+    if backend() == "tensorflow":
+        from gpreg_keras._tensorflow import user_critic
+
+        target = user_critic(where, critic)
     if isinstance(critic, keras.Layer):
         if backend() == "jax":
             from gpreg_keras._jax import keras_model_error
 
             raise keras_model_error(where)
         if n_parts == 1 and call.plain and backend() == "tensorflow":
-            return critic
+            return target
         # (on torch, a Keras model is a torch module too: wrapped, gpreg_torch does not take
         # it for a torch critic to inspect)
-        return lambda *pts: critic(*arrange(critic, pts, call.args), **call.kwargs)
+        return lambda *pts: target(*arrange(critic, pts, call.args), **call.kwargs)
     if call.plain:
-        return critic
-    return lambda *pts: critic(*pts, *call.args, **call.kwargs)
+        return target
+    return lambda *pts: target(*pts, *call.args, **call.kwargs)
 
 
 def _static(shape: Any) -> tuple[Any, ...]:
@@ -91,28 +99,34 @@ def _dtype(x: Any) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
+_UNSUPPORTED = {"RaggedTensor": "ragged tensor", "SparseTensor": "sparse tensor",
+                "BCOO": "sparse array (BCOO)", "BCSR": "sparse array (BCSR)"}
+_FRAMEWORKS = {"jax": "jax", "jaxlib": "jax", "torch": "torch", "tensorflow": "tensorflow"}
+
+
+def _check_dense(where: str, role: str, p: Any) -> None:
+    kind = _UNSUPPORTED.get(type(p).__name__)
+    if kind is not None or getattr(p, "is_sparse", False) is True or (
+            getattr(p, "layout", None) is not None and "sparse" in str(p.layout)):
+        raise v.unsupported_points(where, role, kind or "sparse tensor")
+
+
 def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
-    """Normalise ``x`` (tensor or tuple/list of tensors) to a tuple of stopped tensors."""
+    """Normalise ``x`` (tensor, NumPy array or tuple/list of them) to a tuple of stopped
+    tensors of the active backend."""
     items = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     out = []
     for p in items:
+        _check_dense(where, role, p)
         if isinstance(p, np.ndarray):
             if p.dtype.kind not in "f":
                 v.check_floating(where, role, str(p.dtype), False)
             p = ops.convert_to_tensor(p)
         elif not ops.is_tensor(p):
-            kind = f"{type(p).__module__.split('.')[0]}.{type(p).__name__}"
-            if kind.startswith("jax"):  # a Flax or pure-JAX critic's data
-                raise TypeError(
-                    f"{where}: {role} is a JAX array ({kind}), but Keras runs its {backend()} "
-                    f"backend. Flax and pure-JAX critics need Keras's JAX backend: set "
-                    f"KERAS_BACKEND=jax before keras is first imported."
-                )
-            raise TypeError(
-                f"{where}: {role} must be a tensor of the Keras backend ({backend()}) or a "
-                f"tuple of them (one per critic input); got {kind}. Convert with "
-                f"keras.ops.convert_to_tensor(x, dtype='float32')."
-            )
+            root = type(p).__module__.split(".")[0]
+            belongs = _FRAMEWORKS.get(root)
+            raise v.wrong_backend_tensor(where, role, f"{root}.{type(p).__name__}", backend(),
+                                         belongs if belongs != backend() else None)
         dt = _dtype(p)
         v.check_floating(where, role, dt, keras.backend.is_float_dtype(dt))
         out.append(ops.stop_gradient(p))
@@ -127,12 +141,78 @@ def _batch(x: Any) -> Any:
     return int(b) if b is not None else ops.shape(x)[0]
 
 
+_OWN = ("gpreg", "gpreg_keras", "gpreg_torch", "keras", "tensorflow", "jax", "torch")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside gpreg and the
+    frameworks (the user's call), whatever path led here."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _OWN:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _is_traced(x: Any) -> bool:
     if backend() != "jax":
         return False
     import jax
 
     return isinstance(x, jax.core.Tracer)
+
+
+def _jit_tracing() -> bool:
+    """Whether this call is being staged into a compiled function (``jax.jit`` or
+    ``tf.function``), where a Python value is frozen into the trace."""
+    if backend() == "jax":
+        try:  # the trace stack, read directly (0.2 µs; staging a constant costs ~100 µs)
+            from jax._src import core as jcore
+            from jax._src.interpreters import partial_eval as pe
+
+            trace = jcore.trace_ctx.trace
+            while trace is not None:
+                if isinstance(trace, pe.DynamicJaxprTrace):
+                    return True
+                trace = getattr(trace, "parent_trace", None)
+            return False
+        except (ImportError, AttributeError):  # pragma: no cover - other JAX versions
+            import jax
+            import jax.numpy as jnp
+
+            return isinstance(jnp.zeros(()), jax.core.Tracer)
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    return False
+
+
+def _named_axes() -> bool:
+    """Whether JAX runs this call per device under named axes (``shard_map``, ``pmap``)."""
+    if backend() != "jax":
+        return False
+    try:
+        from jax._src import core as jcore
+
+        return bool(jcore.get_axis_env().axis_sizes)
+    except (ImportError, AttributeError):  # pragma: no cover - other JAX versions
+        return False
+
+
+def _state_threaded(generator: Any) -> bool:
+    """Whether Keras threads ``generator``'s state (an active StatelessScope maps it)."""
+    try:
+        from keras.src.backend.common.stateless_scope import (
+            get_stateless_scope,
+            in_stateless_scope,
+        )
+    except ImportError:  # pragma: no cover - other Keras layouts
+        return False
+    return in_stateless_scope() and get_stateless_scope().get_current_value(
+        generator.state) is not None
+
+
+_fixed_seed_warned: list[bool] = []
 
 
 def _seed_for(seed: Any, k: int) -> Any:
@@ -173,16 +253,29 @@ def _check_seed(where: str, seed: Any) -> None:
         )
 
 
+def _check_draw(where: str, seed: Any, like: Any) -> None:
+    """A seed that cannot move where this draw runs: refused (JAX) or warned about once."""
+    if seed is None:
+        if _is_traced(like) or (backend() == "jax" and _jit_tracing()):
+            raise v.traced_unseeded(where)
+    elif isinstance(seed, keras.random.SeedGenerator):
+        if backend() == "jax" and (_is_traced(like) or _jit_tracing()) and not _state_threaded(
+                seed):
+            raise v.traced_seed_generator(where)
+    elif isinstance(seed, (int, np.integer)) and not _fixed_seed_warned and _jit_tracing():
+        _fixed_seed_warned.append(True)
+        fix = ("a JAX key that changes per step (seed=jax.random.fold_in(key, step))"
+               if backend() == "jax" else "a keras.random.SeedGenerator (created once, "
+               "outside the step: seed=keras.random.SeedGenerator(0))")
+        warnings.warn(v.fixed_seed_message(where, int(seed), fix), v.FixedSeedWarning,
+                      stacklevel=user_stacklevel())
+
+
 def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any,
              normal: bool = False) -> Any:
     """A U[0, 1) draw (N(0, 1) with ``normal``): the ``k``-th stream of ``seed``."""
     _check_seed(where, seed)
-    if seed is None and _is_traced(like):
-        raise ValueError(
-            f"{where}: inside jax.jit (or any JAX transformation) the random draws need a seed: "
-            f"pass seed= (an int, a keras.random.SeedGenerator or a JAX key), or explicit "
-            f"alpha= (and noise= for DRAGAN)."
-        )
+    _check_draw(where, seed, like)
     draw_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
     draw = keras.random.normal if normal else keras.random.uniform
     return ops.cast(draw(shape, dtype=draw_dtype, seed=_seed_for(seed, k)), dtype)
@@ -222,17 +315,39 @@ def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any,
 _warned: set[int] = set()
 
 
-def _warn_batchnorm(where: str, critic: Any) -> None:
-    """Warn once per Keras critic that holds BatchNormalization layers."""
+def _batchnorm_layers(model: Any) -> list[str]:
+    """Names of the batch-normalization layers in a Keras 3 model, a tf-keras model or any
+    ``tf.Module``."""
+    if isinstance(model, keras.Layer):
+        return [lay.name for lay in model._flatten_layers(include_self=False)
+                if isinstance(lay, keras.layers.BatchNormalization)]
+    subs = getattr(model, "submodules", None)  # tf.Module, tf-keras (Keras 2) models
+    if subs is None or not hasattr(model, "trainable_variables"):
+        return []
+    try:
+        found = list(subs)
+    except Exception:  # pragma: no cover - odd modules
+        return []
+    return [getattr(m, "name", type(m).__name__) for m in found
+            if "BatchNormalization" in type(m).__name__]
+
+
+def _warn_batchnorm(where: str, critic: Any, call: Call = PLAIN) -> None:
+    """Warn once per Keras (or tf-keras) critic that holds BatchNormalization layers, unless
+    the penalty runs it with ``training=False``."""
     model = getattr(critic, "_gpreg_model", critic)
-    if not isinstance(model, keras.Layer) or id(model) in _warned:
+    model = getattr(model, "python_function", model)  # a tf.function over the model
+    if id(model) in _warned or call.kwargs.get("training", None) is False:
         return
-    names = [lay.name for lay in model._flatten_layers(include_self=False)
-             if isinstance(lay, keras.layers.BatchNormalization)]
+    stateless = getattr(critic, "_gpreg_stateless", None)
+    if stateless is not None and stateless[3] is False:
+        return
+    names = _batchnorm_layers(model)
     if names:
         _warned.add(id(model))
         warnings.warn(v.batchnorm_message(where, names) + " (Keras: applies when the critic "
-                      "runs with training=True.)", v.BatchNormWarning, stacklevel=5)
+                      "runs with training=True.)", v.BatchNormWarning,
+                      stacklevel=user_stacklevel())
 
 
 def _finite(where: str, what: str, x: Any) -> None:
@@ -272,7 +387,14 @@ def loss_scale(where: str, scaler: Any) -> Any:
             f"that mixed_float16 training uses); got {type(scaler).__name__}."
         )
     # the optimizer's own rule: its variable once built, the initial scale before
-    scale = scaler.dynamic_scale if scaler.built else scaler.initial_scale
+    if not scaler.built:
+        return ops.convert_to_tensor(scaler.initial_scale, dtype="float32")
+    scale = scaler.dynamic_scale.value  # the live value inside a keras.StatelessScope
+    if backend() == "jax" and _jit_tracing():
+        import jax
+
+        if not isinstance(scale, jax.core.Tracer):
+            raise v.loss_scale_traced(where)
     return ops.convert_to_tensor(scale, dtype="float32")
 
 
@@ -300,10 +422,23 @@ def norms_from_gradients(grads: Any) -> Any:
     return _math.safe_norm(_math.per_sample_sq_sum(acc, xp), xp)
 
 
-def _check_dtypes(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> None:
+def _mixed_policy() -> bool:
+    return keras.config.dtype_policy().name.startswith("mixed_")
+
+
+def _match_fake(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``fake`` checked against ``real``: same shapes and dtypes. Under a mixed dtype policy
+    (``mixed_float16``: float32 data, a float16 generator) ``fake`` is cast to ``real``'s
+    dtype, which is what the critic's layers then cast to their compute dtype anyway."""
     v.check_same_shapes(where, [_static(t.shape) for t in r], [_static(t.shape) for t in f])
+    out = []
     for i, (rt, ft) in enumerate(zip(r, f)):
-        v.check_same_dtype(where, [(f"real[{i}]", _dtype(rt)), (f"fake[{i}]", _dtype(ft))])
+        if _dtype(rt) != _dtype(ft) and _mixed_policy():
+            ft = ops.cast(ft, _dtype(rt))
+        v.check_same_dtype(where, [(f"real[{i}]", _dtype(rt)), (f"fake[{i}]", _dtype(ft))],
+                           cast="keras.ops.cast(fake, real.dtype)")
+        out.append(ft)
+    return tuple(out)
 
 
 def _elements(parts_: tuple[Any, ...]) -> int | None:
@@ -335,15 +470,80 @@ def evaluation_points(spec: PenaltySpec, where: str, *, real: Any, fake: Any, al
         v.check_ddof(where, ddof, _elements(r))
         a = None if gaussian else alpha_values(where, alpha, r[0], seed)
         u = noise_values(where, noise, r, seed, gaussian)
-        return [_points.dragan_points(r, a, u, c, xp, ddof=ddof, perturbation=perturbation)]
-    f = parts(where, "fake", fake)
-    _check_dtypes(where, r, f)
+        stats = xp if gaussian else _statistics(where, "DRAGAN's sigma")
+        return [_points.dragan_points(r, a, u, c, stats, ddof=ddof, perturbation=perturbation)]
+    f = _match_fake(where, r, parts(where, "fake", fake))
     if kind == "real_fake":
         if alpha is not None:
             raise v.unused_alpha(where, "points='real_fake'")
         return [r, f]
     a = alpha_values(where, alpha, r[0], seed)
     return [_points.interpolates(r, f, a, xp)]
+
+
+class _ReplicaStatistics:
+    """``keras.ops`` (the ``_ops`` namespace) whose ``std`` is taken over the samples of
+    every replica of a ``tf.distribute`` strategy: the one-device statistic."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(xp, name)
+
+    def std(self, x: Any, ddof: int = 0) -> Any:
+        from gpreg_keras._tensorflow import replica_std
+
+        return replica_std(self._ctx, x, ddof)
+
+
+_shard_warned: set[str] = set()
+
+
+def _warn_per_shard(where: str, what: str) -> None:
+    if _named_axes() and where not in _shard_warned:
+        _shard_warned.add(where)
+        warnings.warn(v.per_shard_message(where, what), RuntimeWarning,
+                      stacklevel=user_stacklevel())
+
+
+def _statistics(where: str, what: str) -> Any:
+    """The namespace for a statistic over the batch: global over the replicas of a
+    ``tf.distribute`` strategy; under JAX named axes (per shard) with a warning."""
+    if backend() == "tensorflow":
+        from gpreg_keras._tensorflow import replica_context
+
+        ctx = replica_context()
+        if ctx is not None:
+            return _ReplicaStatistics(ctx)
+    _warn_per_shard(where, what)
+    return xp
+
+
+def _given_as(x: Any, items: tuple[Any, ...]) -> Any:
+    """``items`` in the structure ``x`` was given in (one tensor, or a tuple of parts)."""
+    return tuple(items) if isinstance(x, (tuple, list)) else items[0]
+
+
+def _numpy_to_tensor(x: Any) -> Any:
+    if isinstance(x, (tuple, list)):
+        return type(x)(_numpy_to_tensor(p) for p in x)
+    return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
+
+
+def _torch_inputs(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: Any,
+                  noise: Any) -> tuple[Any, Any, Any, Any]:
+    """On Keras's torch backend: NumPy inputs as tensors (as on TensorFlow and JAX), the
+    Keras checks and messages, and ``fake`` matched to ``real`` as in
+    :func:`evaluation_points`."""
+    if real is not None and spec.points != "fake":
+        r = parts(where, "real", real)
+        if spec.points == "interpolates":
+            fake = _given_as(fake, _match_fake(where, r, parts(where, "fake", fake)))
+        real = _given_as(real, r)
+    elif fake is not None:
+        fake = _given_as(fake, parts(where, "fake", fake))
+    return real, fake, _numpy_to_tensor(alpha), _numpy_to_tensor(noise)
 
 
 def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, noise: Any,
@@ -379,12 +579,13 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
     data = fake if spec.points == "fake" else real
     call = call_options(where, args, kwargs, output, data)
     fn = critic_fn(where, critic, call, _n_parts(data))
-    _warn_batchnorm(where, critic)
+    _warn_batchnorm(where, critic, call)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
         if spec.points == "perturbed_real":
             v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
+        real, fake, alpha, noise = _torch_inputs(spec, where, real, fake, alpha, noise)
         alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed, points,
                                          perturbation)
         return torch_core.run(spec, fn, real=real, fake=fake, weight=weight, target=target,
@@ -416,7 +617,8 @@ def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], ca
              weight: float, target: float, ratio: bool, reduction: str,
              global_batch_size: int | None = None) -> Any:
     """Input gradient → norms → shape → reduction, with the opt-in finite checks; the
-    per-sample terms of two sets of points (real and fake) are averaged."""
+    per-sample terms of two sets of points (real and fake) are averaged. Under a
+    ``tf.distribute`` strategy the maximum is taken over every replica's samples."""
     per_sample = []
     for pts in sets:
         if check_finite:
@@ -428,8 +630,14 @@ def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], ca
             _finite(where, "the critic's output", out)
             _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
         per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
-    values = per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)
-    return _math.reduce(values * weight, reduction, xp, count=global_batch_size)
+    values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
+    if reduction == "max":
+        stats = _statistics(where, "the maximum over the batch")
+        if isinstance(stats, _ReplicaStatistics):
+            from gpreg_keras._tensorflow import replica_max
+
+            return replica_max(stats._ctx, values)
+    return _math.reduce(values, reduction, xp, count=global_batch_size)
 
 
 def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
@@ -440,10 +648,11 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
     """Body of ``gradient_penalty``: a shape at user-chosen points."""
     call = call_options(where, args, kwargs, output, points)
     fn = critic_fn(where, critic, call, _n_parts(points))
-    _warn_batchnorm(where, critic)
+    _warn_batchnorm(where, critic, call)
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
+        points = _given_as(points, parts(where, "points", points))
         return torch_core.generic(fn, points, shape=shape, weight=weight, target=target,
                                   ratio=ratio, reduction=reduction, create_graph=create_graph,
                                   output=call.output, package="gpreg_keras",
@@ -468,6 +677,7 @@ def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph:
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
+        points = _given_as(points, parts(where, "points", points))
         return torch_core.grad_norm(fn, points, create_graph=create_graph, where=where,
                                     output=call.output)
     grads, _ = input_gradients(where, fn, parts(where, "points", points), create_graph,
@@ -476,10 +686,20 @@ def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph:
 
 
 if backend() == "tensorflow":
-    # gpreg's control flow is static Python: tell AutoGraph not to convert it. Converting
-    # the ~40 functions behind a penalty made the first tf.function trace take 4–11 s.
-    import tensorflow as _tf
+    # gpreg's control flow is static Python: AutoGraph leaves it alone, while the user's
+    # critic is converted as the caller's tf.function has it (gpreg_keras._tensorflow.entry).
+    from gpreg_keras._tensorflow import entry as _entry
 
-    run = _tf.autograph.experimental.do_not_convert(run)
-    generic = _tf.autograph.experimental.do_not_convert(generic)
-    grad_norm = _tf.autograph.experimental.do_not_convert(grad_norm)
+    run = _entry(run)
+    generic = _entry(generic)
+    grad_norm = _entry(grad_norm)
+elif backend() == "torch":
+    # Inside a compiled step (Keras's compile(jit_compile=True) runs train_step under
+    # torch.compile) the penalty runs eagerly: AOTAutograd has no double backward (it failed
+    # with "a leaf Variable that requires grad is being used in an in-place operation"); the
+    # rest of the step stays compiled.
+    import torch as _torch
+
+    run = _torch.compiler.disable(run)
+    generic = _torch.compiler.disable(generic)
+    grad_norm = _torch.compiler.disable(grad_norm)

@@ -55,6 +55,11 @@ def input_gradients(
     if isinstance(critic, keras.Layer):
         raise keras_model_error(where)
     batch = int(points[0].shape[0])
+    # A stateless critic threads its non-trainable state (BatchNorm statistics, Dropout seeds).
+    # Inside jax.grad the new state is a value of the inner trace: it leaves through the aux
+    # output, and every evaluation of ``total`` starts from the state of before the call.
+    state = getattr(critic, "_gpreg_state", None)
+    before = None if state is None else state.non_trainable_values
 
     def scores(*pts: Any) -> Any:
         try:
@@ -76,19 +81,26 @@ def input_gradients(
         return _call.pick_output(where, raw, output, lambda o: isinstance(o, jax.Array))
 
     def total(*pts: Any) -> Any:
+        if state is not None:
+            state.non_trainable_values = before
         out = scores(*pts)
         if not isinstance(out, jax.Array):
             raise v.bad_output_type(where, type(out).__name__, "JAX array")
         v.check_output_shape(where, tuple(out.shape), batch)
         summed = jnp.sum(out)
-        return (summed if scale is None else summed.astype(jnp.float32) * scale), out
+        after = None if state is None else state.non_trainable_values
+        return (summed if scale is None else summed.astype(jnp.float32) * scale), (out, after)
 
-    grads, out = jax.grad(total, argnums=tuple(range(len(points))), has_aux=True)(*points)
+    grads, (out, after) = jax.grad(total, argnums=tuple(range(len(points))),
+                                   has_aux=True)(*points)
     tracing = any(isinstance(g, jax.core.Tracer) for g in grads)
-    if (tracing or not any(bool(jnp.any(g != 0)) for g in grads)) and not _depends_on_inputs(
-        lambda *pts: total(*pts)[0], points
-    ):
-        raise v.independent_critic(where)
+    try:
+        if (tracing or not any(bool(jnp.any(g != 0)) for g in grads)) and not (
+                _depends_on_inputs(lambda *pts: total(*pts)[0], points)):
+            raise v.independent_critic(where)
+    finally:
+        if state is not None:
+            state.non_trainable_values = after
     if not create_graph:
         grads = tuple(jax.lax.stop_gradient(g) for g in grads)
     return tuple(grads), out

@@ -71,16 +71,28 @@ EXAMPLES: dict[str, str] = {
     """,
 }
 
+_SEED_RULE = (
+    "            An int is a fixed draw, the same numbers on every call: for tests (inside\n"
+    "            ``tf.function`` or ``jax.jit`` it warns once, ``gpreg.FixedSeedWarning``). In\n"
+    "            training pass a ``SeedGenerator`` made once outside the step (TensorFlow,\n"
+    "            torch) or a fresh JAX key per step (``jax.random.fold_in(key, step)``); under\n"
+    "            ``jax.jit`` a ``SeedGenerator`` is refused unless Keras threads its state.\n"
+)
+
 _RNG = {
     "alpha": "        seed: an int, a ``keras.random.SeedGenerator`` or a JAX key for the draw of\n"
-    "            ``alpha``; needed under ``jax.jit`` unless ``alpha`` is given.\n",
+    "            ``alpha``; needed under ``jax.jit`` unless ``alpha`` is given.\n" + _SEED_RULE,
     "draws": "        seed: an int, a ``keras.random.SeedGenerator`` or a JAX key for the draws;\n"
-    "            needed under ``jax.jit`` unless ``alpha`` and ``noise`` are given.\n",
+    "            needed under ``jax.jit`` unless ``alpha`` and ``noise`` are given.\n"
+    + _SEED_RULE,
     "name": "``seed``",
     "name_plain": "seed",
     "scaler": "        scaler: a ``keras.optimizers.LossScaleOptimizer`` for ``mixed_float16``:\n"
     "            the inner gradient is taken of the output times the current loss scale\n"
-    "            and divided by it, and the norm is computed in float32.\n",
+    "            and divided by it, and the norm is computed in float32. Under ``jax.jit``\n"
+    "            call it inside ``keras.StatelessScope(state_mapping=list(zip(\n"
+    "            optimizer.variables, optimizer_values)))`` so that the live scale is read\n"
+    "            (outside a scope it would be frozen at trace time: a ``ValueError``).\n",
 }
 
 

@@ -24,6 +24,7 @@ from gpreg._specs import (
     resolve_shape,
     resolve_spec_shape,
 )
+from gpreg_torch import _dist
 from gpreg_torch import _ops as xp
 
 Tensor = torch.Tensor
@@ -333,8 +334,12 @@ def _finish(
             _finite(where, "the critic's output", out)
             _finite(where, "the input gradient", norms.reshape(-1, 1))
         per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
-    values = per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)
-    value = _math.reduce(values * weight, reduction, xp, count=global_batch_size)
+    values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
+    ddp = any(anchor is not None for _, _, anchor, _ in evaluated)
+    if ddp and reduction == "max" and _dist.active():
+        value = _dist.global_max(values)  # DDP: the maximum over every rank's samples
+    else:
+        value = _math.reduce(values, reduction, xp, count=global_batch_size)
     for _, _, anchor, _ in evaluated:
         if anchor is not None:
             # DDP waits for a gradient of every parameter used in the forward; the last
@@ -358,6 +363,7 @@ def evaluation_points(
     points: str | None = None,
     ddof: int = 0,
     perturbation: str = "uniform",
+    ddp: bool = False,
 ) -> list[tuple[Tensor, ...]]:
     """The sets of points at which ``spec`` evaluates the critic (one, or the real and the
     fake samples for ``points="real_fake"``), from explicit or drawn randomness."""
@@ -379,7 +385,8 @@ def evaluation_points(
         v.check_ddof(where, ddof, min(t.numel() for t in r))
         a = None if gaussian else _alpha(where, alpha, r[0], generator)
         u = _noise(where, noise, r, generator, gaussian)
-        return [_points.dragan_points(r, a, u, c, xp, ddof=ddof, perturbation=perturbation)]
+        stats = _dist.GlobalStatistics() if ddp and _dist.active() else xp  # σ over every rank
+        return [_points.dragan_points(r, a, u, c, stats, ddof=ddof, perturbation=perturbation)]
     f = _parts(where, "fake", fake)
     v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
     for i, (rt, ft) in enumerate(zip(r, f)):
@@ -444,7 +451,7 @@ def run(
         v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
     sets = evaluation_points(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator,
-        points=points, ddof=ddof, perturbation=perturbation,
+        points=points, ddof=ddof, perturbation=perturbation, ddp=_is_ddp(critic),
     )
     call = call_options(where, args, kwargs, output, sets[0][0].shape[0])
     evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)

@@ -23,13 +23,16 @@ GROUPS: list[tuple[str, dict[str, str], list[str]]] = [
     (f"keras-{b}", {"KERAS_BACKEND": b},
      ["tests/keras", "tests/property/test_keras_agree.py", "--doctest-modules",
       "gpreg_keras/_penalties.py", "gpreg_keras/_stateless.py", "gpreg_keras/_exact.py",
-      "gpreg_keras/_check.py"])
+      "gpreg_keras/_check.py", "gpreg_keras/_cost.py"])
     for b in ("tensorflow", "jax", "torch")
 ] + [
     # the Sphinx build (warnings are errors) and every code block of the docs pages
     ("docs", {"GPREG_DOCS_STRICT": "1"}, ["tests/docs"]),
-    # `gpreg compare` and `gpreg demo` with tiny settings, and every script in examples/
+    # `gpreg compare`, `gpreg demo` and `gpreg cost` with tiny settings, and every script in
+    # examples/
     ("cli", {}, ["tests/cli"]),
+    # gpreg.tools: the cost report, its FLOP counts and levers, the shared timing harness
+    ("tools", {}, ["tests/tools"]),
     # the benchmark harness in --quick mode (correctness of the harness, not speed)
     ("bench", {}, ["tests/bench"]),
 ]

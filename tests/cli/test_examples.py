@@ -43,7 +43,8 @@ def finite_numbers(line: str) -> list[float]:
 def test_every_example_has_a_smoke_test():
     tested = {"torch_wgan_gp.py", "torch_r1_lazy.py", "torch_amp_wgan_gp.py",
               "tf_mirrored_wgan_gp.py", "keras_fit_wgan_gp.py", "flax_wgan_gp.py",
-              "lightning_wgan_gp.py", "accelerate_wgan_gp.py"}
+              "lightning_wgan_gp.py", "accelerate_wgan_gp.py", "torch_conditional_wgan_gp.py",
+              "keras_conditional_wgan_gp.py"}
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == tested
 
 
@@ -52,6 +53,15 @@ def test_torch_wgan_gp():
     out = run_example("torch_wgan_gp.py", "--steps", "3")
     final = next(ln for ln in out.splitlines() if ln.startswith("final:"))
     assert "penalty" in final
+    finite_numbers(final)
+
+
+@needs("torch")
+def test_torch_conditional_wgan_gp():
+    out = run_example("torch_conditional_wgan_gp.py", "--steps", "3")
+    assert "check_critic: OK" in out
+    final = next(ln for ln in out.splitlines() if ln.startswith("final:"))
+    assert "penalty" in final and "on_class" in final
     finite_numbers(final)
 
 
@@ -147,3 +157,13 @@ def test_accelerate_bf16_and_fp16_on_the_cpu():
     out = run_example("accelerate_wgan_gp.py", "--steps", "2", "--mixed-precision", "fp16")
     assert "fp16 is off on a CPU" in out or "GradScaler skipped" in out
     finite_numbers(out.splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_keras_conditional_fit_on_every_backend(backend):
+    if not installed("keras", backend):
+        pytest.skip(f"needs keras and {backend}")
+    out = run_example("keras_conditional_wgan_gp.py", "--steps", "2", backend=backend)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{backend}: final d_loss") and "on_class" in last
+    finite_numbers(last)

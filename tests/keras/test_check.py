@@ -9,6 +9,8 @@ second order: tests/torch/test_check.py).
 from __future__ import annotations
 
 import contextlib
+import functools
+import random
 
 import keras
 import numpy as np
@@ -89,13 +91,125 @@ def test_batchnorm_in_training_mode_reports_coupling():
     assert inference.ok and not inference.coupling.coupled, inference.summary()
 
 
-def test_the_users_model_is_not_changed():
-    model = critic(layers.BatchNormalization())
-    before = weights(model)
+def state(model):
+    return [(v.path, np.array(keras.ops.convert_to_numpy(v))) for v in model.variables]
+
+
+def test_a_batchnorm_model_is_never_run_nor_changed():
+    """Every variable (moving statistics, the dropout seed generator's state) bit-identical,
+    in its dtype; Python's and NumPy's global random states unchanged (rebuilding a model
+    from its config draws initializer seeds from Python's random)."""
+    model = keras.Sequential([keras.Input((3,)), dense(8, 1), layers.BatchNormalization(),
+                              layers.Dropout(0.25), layers.LeakyReLU(0.2), dense(1, 2)])
+    before, py, npr = state(model), random.getstate(), np.random.get_state()  # noqa: NPY002
     check_critic(model, REAL, FAKE, penalties=["r2"], training=True, directions=1)
-    after = weights(model)
-    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(before, after))
+    check_critic(gp.stateless_critic(model), REAL, FAKE, penalties=["r1"], directions=1,
+                 kwargs={"training": True})
+    after = state(model)
+    assert [p for p, _ in before] == [p for p, _ in after]
+    for (path, a), (_, b) in zip(before, after):
+        assert a.dtype == b.dtype and np.array_equal(a, b), path
     assert {v.dtype for v in model.weights} == {"float32"}
+    assert random.getstate() == py
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), npr))  # noqa: NPY002
+
+
+class Projection(keras.Model):
+    """A projection critic with call(self, image, label): score = w·h + <embed(label), h>,
+    h = tanh(LayerNorm(W x)); a dict output when ``as_dict``."""
+
+    def __init__(self, classes=3, as_dict=False, **kwargs):
+        super().__init__(**kwargs)
+        self.classes, self.as_dict = classes, as_dict
+        kw = {"dtype": self.dtype_policy}
+        self.a, self.out = dense(8, 3, **kw), dense(1, 4, **kw)
+        self.norm = layers.LayerNormalization(**kw)
+        self.embed = layers.Embedding(classes, 8, embeddings_initializer=(
+            keras.initializers.RandomNormal(0.0, 0.5, seed=5)), **kw)
+
+    def call(self, image, label):
+        h = keras.ops.tanh(self.norm(self.a(image)))
+        score = self.out(h)[:, 0] + keras.ops.sum(self.embed(label) * h, axis=1)
+        return {"adv": score, "features": h} if self.as_dict else score
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes, "as_dict": self.as_dict}
+
+
+LABELS = np.array([0, 1, 2, 0, 1, 2])
+
+
+def projection(as_dict=False):
+    model = Projection(as_dict=as_dict)
+    model(REAL.astype("float32"), LABELS)
+    return model
+
+
+def test_conditional_and_dict_output_critics_through_args_and_output():
+    model = projection()
+    report = check_critic(model, REAL, FAKE, args=(LABELS,), penalties=SOME, directions=2)
+    assert report.ok, report.summary()
+    assert report.dtype == ("float64" if ON_TF else "float32")
+    assert any("embeddings" in g for g in report.groups)
+    if ON_TF:
+        assert max(max(g.values()) for g in report.errors.values()) < 1e-9
+    as_dict = check_critic(projection(as_dict=True), REAL, FAKE, args=(LABELS,),
+                           output="adv", penalties=["r1"], directions=1)
+    assert as_dict.ok, as_dict.summary()
+    with pytest.raises(TypeError, match="output="):
+        check_critic(projection(as_dict=True), REAL, FAKE, args=(LABELS,), penalties="r1")
+    through = check_critic(gp.stateless_critic(model), REAL, FAKE, args=(LABELS,),
+                           penalties=["r1"], directions=1)
+    assert through.ok and through.groups == report.groups, through.summary()
+
+
+class StyleCond(keras.Model):
+    """D(img, c) with a float conditioning vector c and a dict output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.lin, self.proj = dense(1, 6), dense(1, 7)
+
+    def call(self, img, c):
+        return {"adv": keras.ops.tanh(self.lin(img))[:, 0] * self.proj(c)[:, 0],
+                "aux": keras.ops.sum(c, axis=1)}
+
+
+def test_check_finite_through_args_and_output():
+    """check_finite names the sample whose score a non-finite row of args made non-finite,
+    and the sample whose point is non-finite (JAX: through stateless_critic)."""
+    model = StyleCond()
+    c = RNG.normal(size=(6, 2)).astype("float32")
+    model(REAL.astype("float32"), c)
+    critic = gp.stateless_critic(model) if BACKEND == "jax" else model
+    t = keras.ops.convert_to_tensor
+    real, fake, alpha = t(REAL, "float32"), t(FAKE, "float32"), t(np.linspace(0.1, 0.9, 6))
+    kw = {"args": (t(c),), "output": "adv", "alpha": keras.ops.cast(alpha, "float32")}
+    plain = gp.wgan_gp(critic, real, fake, **kw)
+    checked = gp.wgan_gp(critic, real, fake, check_finite=True, **kw)
+    assert float(keras.ops.convert_to_numpy(plain)) == float(keras.ops.convert_to_numpy(checked))
+    bad_c = c.copy()
+    bad_c[4, 1] = np.nan
+    with pytest.raises(FloatingPointError, match=r"output is not finite .*sample\(s\) 4\."):
+        gp.wgan_gp(critic, real, fake, check_finite=True, **{**kw, "args": (t(bad_c),)})
+    bad_real = REAL.astype("float32")
+    bad_real[2, 0] = np.inf
+    with pytest.raises(FloatingPointError, match=r"evaluation point .*sample\(s\) 2\."):
+        gp.r1(critic, t(bad_real), args=(t(c),), output="adv", check_finite=True)
+    report = check_critic(model, REAL, FAKE, args=(c,), output="adv", penalties=["r1"],
+                          directions=1)
+    assert report.ok, report.summary()
+
+
+def test_a_conditional_batchnorm_critic_reports_coupling_through_args():
+    model = keras.Sequential([keras.Input((3,)), dense(8, 1), layers.BatchNormalization(),
+                              layers.Activation("tanh"), dense(1, 2)])
+    inputs = [keras.Input((3,)), keras.Input((1,))]
+    cond = keras.Model(inputs, model(inputs[0]) * inputs[1])
+    labels = np.linspace(0.5, 1.5, 6)[:, None]
+    coupled = check_critic(cond, REAL, FAKE, args=(labels,), penalties=["wgan_gp"],
+                           training=True, directions=1)
+    assert coupled.coupling.coupled and not coupled.ok, coupled.summary()
 
 
 def test_stateless_critic_closure_is_checked_through_its_model():
@@ -122,15 +236,14 @@ def test_arguments_and_seed():
     assert a.errors == b.errors and a.seed == 5
 
 
-def test_plain_function_critic():
+def test_functions_are_refused_with_the_way_to_pass_the_model():
     model = critic(layers.LayerNormalization())
-    report = check_critic(lambda x: model(x), REAL, FAKE, penalties=["r1"], directions=1)
-    if BACKEND == "jax":  # a plain function's variables are out of jax.grad's reach
-        assert report.groups == () and "cannot be reached" in report.summary()
-        assert report.unchecked == ("model (6 variables)",) and not report.ok
-    else:
-        assert report.ok, report.summary()
-        assert report.groups[0] == "model: " + model.trainable_variables[0].path
+    before = state(model)
+    for fn in (lambda x: model(x), model.call, functools.partial(model, training=True)):
+        with pytest.raises(TypeError, match=r"args=\(labels,\)") as err:
+            check_critic(fn, REAL, FAKE, penalties=["r1"], directions=1)
+        assert "never run nor changed" in str(err.value) and "stateless_critic" in str(err.value)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(before, state(model)))
 
 
 if ON_TF:
@@ -292,22 +405,47 @@ if ON_TF:
         broken = check_critic(model, REAL, FAKE, penalties=["wgan_gp"])
         assert not broken.ok and max(broken.errors["wgan_gp"].values()) > 1e-3
 
-    def test_plain_tensorflow_functions_with_tf_nn_moments(monkeypatch):
+    class WithMoments(keras.layers.Layer):
+        """x W1 -> normalized with tf.nn.moments -> tanh -> W2 (a user's own layer)."""
+
+        def build(self, shape):
+            init = keras.initializers.RandomNormal(seed=3)
+            self.w1 = self.add_weight(shape=(3, 8), initializer=init, name="w1")
+            self.w2 = self.add_weight(shape=(8, 1), initializer=init, name="w2")
+
+        def call(self, x):
+            h = x @ self.w1
+            mean, var = tf.nn.moments(h, axes=[1], keepdims=True)
+            return tf.tanh(tf.nn.batch_normalization(h, mean, var, None, None, 1e-3)) @ self.w2
+
+    def test_a_layer_with_tf_nn_moments(monkeypatch):
         from gpreg_keras import _tensorflow
 
-        w1 = tf.Variable(RNG.normal(size=(3, 8)))
-        w2 = tf.Variable(RNG.normal(size=(8, 1)))
-
-        def with_moments(x):
-            h = x @ w1
-            mean, var = tf.nn.moments(h, axes=[1], keepdims=True)
-            return tf.tanh(tf.nn.batch_normalization(h, mean, var, None, None, 1e-3)) @ w2
-
-        assert check_critic(with_moments, REAL, FAKE, penalties=["wgan_gp", "r1"]).ok
+        layer = WithMoments(dtype="float64")
+        layer(REAL)
+        assert check_critic(layer, REAL, FAKE, penalties=["wgan_gp", "r1"]).ok
         monkeypatch.setattr(_tensorflow, "exact_moments", contextlib.nullcontext)
-        flagged = check_critic(with_moments, REAL, FAKE, penalties=["wgan_gp", "r1"])
-        assert not flagged.ok and flagged.errors["r1"]["w1"] > 1e-2
-        assert flagged.errors["r1"]["w2"] < 1e-9
+        flagged = check_critic(layer, REAL, FAKE, penalties=["wgan_gp", "r1"])
+        w1, w2 = (v.path for v in layer.trainable_variables)
+        assert not flagged.ok and flagged.errors["r1"][w1] > 1e-3
+        assert flagged.errors["r1"][w2] < 1e-9
+
+    class Float32Inside(keras.layers.Layer):
+        """A float32 constant made inside call: the float64 copy fails (TensorFlow does not
+        promote), so the check falls back to float32."""
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(3, 1), initializer=keras.initializers.Ones())
+
+        def call(self, x):
+            return keras.ops.tanh(x @ self.w + x @ tf.ones((3, 1), tf.float32))
+
+    def test_a_critic_that_fails_in_float64_is_checked_in_float32():
+        layer = Float32Inside()
+        layer(REAL.astype("float32"))
+        report = check_critic(layer, REAL, FAKE, penalties=["wgan_gp"])
+        assert report.dtype == "float32" and report.ok, report.summary()
+        assert report.rtol == 5e-3 and "in float64" in report.notes[0]  # the build call fails
 
     def test_spectral_normalization_in_training_mode_projects_by_assignment():
         """Keras's SpectralNormalization, when training, assigns the normalized kernel to the

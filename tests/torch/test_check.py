@@ -177,41 +177,178 @@ def test_the_users_critic_is_not_changed():
     assert torch.equal(rng, torch.get_rng_state())
 
 
-def test_plain_callables_are_copied_through_closures_partials_and_methods():
+class Conditional(nn.Module):
+    """A projection critic: h = tanh(norm(W x)), score = w·h + <embed(y), h> (Miyato &
+    Koyama 2018), with a dict output when ``as_dict``."""
+
+    def __init__(self, norm=None, fn=None, as_dict=False, classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.out, self.embed = nn.Linear(3, 8), nn.Linear(8, 1), nn.Embedding(classes, 8)
+        self.norm, self.fn, self.as_dict = norm or nn.Identity(), fn, as_dict
+
+    def forward(self, x, labels, *, scale=1.0):
+        h = self.norm(self.a(x))
+        h = torch.tanh(h) if self.fn is None else self.fn.apply(h)
+        score = scale * (self.out(h).squeeze(1) + (self.embed(labels) * h).sum(1))
+        return {"adv": score, "features": h} if self.as_dict else score
+
+
+LABELS = torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_conditional_and_dict_output_critics_through_args_kwargs_output():
     real, fake = data()
-    net = mlp(nn.LayerNorm(8))
-    w = torch.randn(3, 1, requires_grad=True)
-    labels = torch.ones(6, 1)
-    for critic, first in [
-        (lambda x: net(x) * labels, "net.0.weight"),
-        (functools.partial(lambda x, d: d(x), d=net), "d.0.weight"),
-        (net.forward, "self.0.weight"),
-        (lambda x: torch.tanh(x @ w), "w"),
-    ]:
-        report = check_critic(critic, real, fake, penalties=["wgan_gp"], directions=1)
-        assert report.ok, report.summary()
-        assert report.groups[0] == first
-    assert w.grad is None and w.dtype == torch.float32
+    report = check_critic(Conditional(nn.LayerNorm(8)), real, fake, args=(LABELS,),
+                          kwargs={"scale": 0.5}, directions=2)
+    assert report.ok, report.summary()
+    assert "embed.weight" in report.groups
+    assert max(max(g.values()) for g in report.errors.values()) < 1e-9
+    as_dict = check_critic(Conditional(as_dict=True), real, fake, args=(LABELS,), output="adv",
+                           penalties=["wgan_gp", "r1"])
+    assert as_dict.ok, as_dict.summary()
+    with pytest.raises(TypeError, match="output="):
+        check_critic(Conditional(as_dict=True), real, fake, args=(LABELS,), penalties="r1")
+
+
+def test_conditional_critic_findings_through_args():
+    real, fake = data()
+    detached = check_critic(Conditional(fn=TanhDetached), real, fake, args=(LABELS,),
+                            penalties=["wgan_gp", "r1"])
+    assert not detached.ok and detached.errors["r1"]["a.weight"] > 1e-3
+    once = check_critic(Conditional(fn=TanhOnce), real, fake, args=(LABELS,), penalties="r1")
+    assert once.penalties[0].status == "error" and "once_differentiable" in once.penalties[0].error
+    coupled = check_critic(Conditional(nn.BatchNorm1d(8)), real, fake, args=(LABELS,),
+                           penalties="wgan_gp", directions=1)
+    assert coupled.coupling.coupled and "BatchNorm in training mode" in coupled.summary()
+
+
+class StyleCond(nn.Module):
+    """D(img, c) with a float conditioning vector c and a dict output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.proj = nn.Linear(3, 1), nn.Linear(2, 1)
+
+    def forward(self, img, c):
+        return {"adv": torch.tanh(self.lin(img)).squeeze(1) * self.proj(c).squeeze(1),
+                "aux": c.sum(1)}
+
+
+def test_check_finite_through_args_and_output():
+    """check_finite names the sample whose score a non-finite row of args made non-finite,
+    and the sample whose point is non-finite; the dict's other entries are not its business."""
+    real, fake = data()
+    c = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    critic, alpha = StyleCond(), torch.linspace(0.1, 0.9, 6)
+    kw = {"args": (c,), "output": "adv", "alpha": alpha}
+    plain = gp.wgan_gp(critic, real, fake, **kw)
+    assert torch.equal(plain, gp.wgan_gp(critic, real, fake, check_finite=True, **kw))
+    bad_c = c.clone()
+    bad_c[4, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"output is not finite .*sample\(s\) 4\."):
+        gp.wgan_gp(critic, real, fake, check_finite=True, **{**kw, "args": (bad_c,)})
+    assert torch.isnan(gp.wgan_gp(critic, real, fake, **{**kw, "args": (bad_c,)}))
+    bad_real = real.clone()
+    bad_real[2, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"evaluation point .*sample\(s\) 2\."):
+        gp.r1(critic, bad_real, args=(c,), output="adv", check_finite=True)
+    report = check_critic(critic, real, fake, args=(c,), output="adv", penalties=["wgan_gp"])
+    assert report.ok, report.summary()
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def test_a_batchnorm_critic_with_args_is_never_run_nor_changed():
+    real, fake = data()
+    critic = Conditional(nn.BatchNorm1d(8))
+    before, rng = state(critic), torch.get_rng_state()
+    check_critic(critic, real, fake, args=(LABELS,), penalties=["wgan_gp", "dragan"])
+    compiled = torch.compile(critic, backend="aot_eager")  # unwrapped, never compiled
+    check_critic(compiled, real, fake, args=(LABELS,), penalties="r1", training=False,
+                 dtype="float32")
+    after = state(critic)
+    assert before.keys() == after.keys() and int(after["norm.num_batches_tracked"]) == 0
+    for k in before:  # bit-identical, same dtype
+        assert before[k].dtype == after[k].dtype and torch.equal(before[k], after[k]), k
+    assert critic.training and all(p.grad is None for p in critic.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_a_ddp_critic_is_checked_through_its_module(tmp_path):
+    """One gloo process: the check copies DDP's inner module and leaves the wrapped one as
+    it was (a DDP forward would also broadcast buffers and prepare a reduction)."""
+    import torch.distributed as dist
+
+    real, fake = data()
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        critic = Conditional(nn.BatchNorm1d(8))
+        before = state(critic)
+        ddp = nn.parallel.DistributedDataParallel(critic)
+        report = check_critic(ddp, real, fake, args=(LABELS,), penalties="r1", training=False)
+        assert report.ok and report.groups[0] == "a.weight", report.summary()
+        assert all(torch.equal(before[k], v) for k, v in state(critic).items())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_functions_are_refused_with_the_way_to_pass_the_module():
+    """A closure over a trainer's module used to run ~25 forwards on the user's module itself
+    (BatchNorm's counter 0 -> 79 here, running mean moved): now it is refused, untouched."""
+    real, fake = data()
+    critic = Conditional(nn.BatchNorm1d(8))
+    trainer = types.SimpleNamespace(D=critic)
+    before = state(critic)
+
+    class Holder:
+        def __call__(self, x):
+            return trainer.D(x, LABELS)
+
+    for fn in (lambda x: trainer.D(x, LABELS), functools.partial(critic, labels=LABELS),
+               Holder(), critic.forward):
+        with pytest.raises(TypeError, match=r"args=\(labels,\)") as err:
+            check_critic(fn, real, fake, penalties="wgan_gp")
+        assert "never run nor changed" in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in state(critic).items())
+    with pytest.raises(TypeError, match="critic must be callable"):
+        check_critic(critic.a.weight, real, fake)
 
 
 def test_parameters_out_of_reach_are_reported_unchecked():
     real, fake = data()
-    hidden = types.SimpleNamespace(w=torch.randn(3, 1, requires_grad=True))
-    report = check_critic(lambda x: torch.tanh(x @ hidden.w), real, fake, penalties=["r1"])
-    assert not report.ok
+    hidden = torch.randn(3, 1, requires_grad=True)
+
+    class Reaching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x) + x @ hidden)
+
+    report = check_critic(Reaching(), real, fake, penalties=["r1"])
+    assert not report.ok and report.groups == ("lin.weight", "lin.bias")
     assert report.unchecked == ("a (3, 1) float32 tensor",)
-    assert "could not copy" in report.summary()
+    assert "neither copied nor checked" in report.summary()
 
 
 def test_a_critic_that_fails_in_float64_is_checked_in_float32():
     real, fake = data()
-    torch.manual_seed(0)
-    lin = nn.Linear(3, 1)
 
-    def critic(x):  # a float32 constant made inside: float64 inputs fail in the matmul
-        return torch.tanh(lin(x) + x @ torch.ones(3, 1))
+    class Float32Inside(nn.Module):  # a float32 constant made inside: float64 fails
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
 
-    report = check_critic(critic, real, fake, penalties=["wgan_gp"])
+        def forward(self, x):
+            return torch.tanh(self.lin(x) + x @ torch.ones(3, 1))
+
+    report = check_critic(Float32Inside(), real, fake, penalties=["wgan_gp"])
     assert report.dtype == "float32" and report.ok, report.summary()
     assert report.rtol == 5e-3 and "failed in float64" in report.summary()
     assert check_critic(mlp(), real, fake, penalties="r1", dtype="float32").dtype == "float32"
@@ -233,11 +370,19 @@ def test_parametrizations():
     assert train.errors["wgan_gp"]["0.parametrizations.weight.original"] > 1e-6
 
 
+class SqrtAbs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1, bias=False)
+
+    def forward(self, x):
+        return self.lin(x).abs().sqrt()
+
+
 def test_nonfinite_gradients_are_reported():
     real, _ = data()
     real[0] = 0.0
-    lin = nn.Linear(3, 1, bias=False)
-    report = check_critic(lambda x: lin(x).abs().sqrt(), real, penalties=["r1"])
+    report = check_critic(SqrtAbs(), real, penalties=["r1"])
     assert not report.ok
     assert report.nonfinite and report.nonfinite[0].startswith("r1")
     assert not math.isfinite(report.penalties[0].value)
@@ -263,17 +408,20 @@ def test_arguments_and_reproducibility():
     assert a.errors == b.errors and a.seed == b.seed
 
 
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.head = nn.Linear(2, 4), nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x, y):
+        return self.head(torch.tanh(self.a(x) + self.b(y)))
+
+
 def test_multi_input_critic():
-    torch.manual_seed(0)
-    a, b = nn.Linear(2, 4), nn.Linear(3, 4)
-    head = nn.Linear(4, 1)
-
-    def critic(x, y):
-        return head(torch.tanh(a(x) + b(y)))
-
     real = (torch.randn(5, 2), torch.randn(5, 3))
     fake = (torch.randn(5, 2), torch.randn(5, 3))
-    report = check_critic(critic, real, fake, penalties=["wgan_gp", "dragan"])
+    report = check_critic(TwoInputs(), real, fake, penalties=["wgan_gp", "dragan"])
     assert report.ok, report.summary()
     assert set(report.groups) == {"a.weight", "a.bias", "b.weight", "b.bias", "head.weight",
                                   "head.bias"}

@@ -1,4 +1,4 @@
-"""Paired, interleaved timing: the harness every section of the benchmark uses.
+"""Paired, interleaved timing: the harness of ``python -m benchmarks`` and ``gpreg cost``.
 
 A *group* is a list of variants that do comparable work on the same critic, batch and thread
 count (for example gpreg's WGAN-GP and two hand-written WGAN-GPs). Each variant is warmed
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from gpreg._env import xla_one_thread
 
 
 @dataclass
@@ -71,8 +73,10 @@ class GroupResult:
 
 
 def _sample(fn: Callable[[], Any], inner: int, sync: Callable[[], None],
-            clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds per call of ``inner`` back-to-back calls of ``fn`` (GC off while timing)."""
+            clock: Callable[[], float] | None = None) -> float:
+    """Seconds per call of ``inner`` back-to-back calls of ``fn`` (GC off while timing);
+    ``clock`` defaults to ``time.perf_counter``, looked up at each call."""
+    clock = clock or time.perf_counter
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -100,6 +104,7 @@ def time_group(
     sync: Callable[[], None] | None = None,
     seed: int = 0,
     max_inner: int = 1000,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> GroupResult:
     """Time ``variants`` paired and interleaved; see the module docstring for the method.
 
@@ -113,6 +118,7 @@ def time_group(
             JAX/TF results are blocked on inside ``fn`` itself).
         seed: seed of the per-round shuffle of the order.
         max_inner: upper bound on ``inner``.
+        on_round: called as ``on_round(done, rounds)`` after each round (progress).
 
     Returns:
         The per-call times of each variant, one per round.
@@ -138,11 +144,13 @@ def time_group(
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {n: [] for n in names}
     order = list(variants)
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         rng.shuffle(order)
         gc.collect()
         for v in order:
             samples[v.name].append(_sample(v.fn, inner[v.name], do_sync))
+        if on_round is not None:
+            on_round(done, rounds)
     return GroupResult(samples=samples, inner=inner, rounds=rounds, warmup=warmup,
                        order_seed=seed, extra=meter.stop())
 
@@ -185,3 +193,64 @@ class LoadMeter:
         busy = (end[1] - self._start[1]) / wall
         own = (end[2] - self._start[2]) / wall
         return {"background_cores": round(max(busy - own, 0.0), 2), "own_cores": round(own, 2)}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def background_load(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by other processes over ``seconds`` (None where unmeasurable)."""
+    meter = LoadMeter()
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()["background_cores"]
+
+
+def choose_threads(bg: float | None, cores: int | None = None) -> tuple[int, str]:
+    """The thread count for a framework on this machine, and why: every usable core, less
+    the cores other processes keep busy (``bg``, from :func:`background_load`).
+
+    OpenMP threads that lose their core to another process stall every parallel region
+    (seen on a shared 2-core machine: a step 13x slower with 2 threads on 2 busy cores).
+    """
+    cores = usable_cores() if cores is None else cores
+    if bg is not None and bg > 0.5 and cores > 1:
+        n = max(1, cores - round(bg))
+        return n, f"{cores} usable cores, {bg} kept busy by other processes"
+    return cores, "usable cores"
+
+
+def limit_threads(framework: str, threads: int) -> dict[str, Any]:
+    """Run ``framework`` (``"torch"``, ``"tensorflow"`` or ``"jax"``) on ``threads`` CPU
+    threads, and say what was done. Call it before the framework computes anything; for JAX,
+    before it is imported (XLA reads its flags once): one thread sets XLA's single-thread
+    flags, more threads than one but fewer than the usable cores pin the process to that many
+    cores."""
+    done: dict[str, Any] = {"requested": threads}
+    if framework == "jax":
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if threads == 1:
+            done["xla_flags"] = xla_one_thread()
+        elif cores and threads < len(cores):
+            os.sched_setaffinity(0, cores[:threads])
+            done["affinity"] = cores[:threads]
+    elif framework == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        done["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        done["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        done["intra_op"] = torch.get_num_threads()
+    else:
+        raise ValueError(f"unknown framework {framework!r}; expected torch, tensorflow or jax")
+    return done

@@ -1,6 +1,8 @@
-"""Critic architectures and batch sizes, shared by the PyTorch and Keras builders.
+"""The built-in critics of ``python -m benchmarks`` and ``gpreg cost --critic NAME``:
+architectures and batch sizes, shared by the PyTorch and Keras builders
+(:mod:`gpreg.tools.torch_critics`, :mod:`gpreg.tools.keras_critics`).
 
-Framework-free, so that the Keras worker processes never import torch.
+Framework-free, so that the Keras processes never import torch.
 """
 
 from __future__ import annotations

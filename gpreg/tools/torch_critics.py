@@ -1,6 +1,6 @@
-"""The benchmark critics in PyTorch (NCHW images); ``keras_critics`` builds the same ones.
+"""The built-in critics in PyTorch (NCHW images); ``keras_critics`` builds the same ones.
 
-Architectures (sizes in :mod:`benchmarks.specs`):
+Architectures (sizes in :mod:`gpreg.tools.critics`):
 
 - ``dcgan32`` / ``dcgan64``: DCGAN-like strided 4×4 convolutions (stride 2, padding 1),
   LeakyReLU(0.2), no normalization (a penalty needs per-sample gradients), a linear head.
@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from benchmarks.specs import CriticSpec, default_specs
+from gpreg.tools.critics import CriticSpec, default_specs
 
 __all__ = ["CriticSpec", "batch", "build", "default_specs"]
 

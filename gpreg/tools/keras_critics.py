@@ -1,5 +1,5 @@
-"""The benchmark critics in Keras 3 (NHWC images): the same architectures as
-:mod:`benchmarks.torch_critics`, for the TensorFlow and JAX backends.
+"""The built-in critics in Keras 3 (NHWC images): the same architectures as
+:mod:`gpreg.tools.torch_critics`, for every Keras backend.
 
 Strided 4×4 convolutions with ``padding="same"`` pad one pixel on each side at these sizes,
 like PyTorch's ``padding=1``. The attention critic's LayerNorm is written with explicit
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from benchmarks.specs import CriticSpec
+from gpreg.tools.critics import CriticSpec
 
 
 class LayerNorm(keras.layers.Layer):
