@@ -251,46 +251,118 @@ TEMPLATES["r2"] = r"""R2: zero-centred gradient penalty on generated data.
         ICML 2018. arXiv:1801.04406.
     """
 
-TEMPLATES["dragan"] = r"""DRAGAN: two-sided gradient penalty around perturbed real data.
+TEMPLATES["dragan"] = r"""DRAGAN: gradient penalty around perturbed real data (two-sided, or any shape).
 
     :math:`x` is ``real``, :math:`u` is ``noise``, :math:`\alpha` is ``alpha``, :math:`c` is
-    ``c``, :math:`\lambda` is ``weight``, :math:`t` is ``target``; :math:`\sigma` is the
-    population standard deviation of all elements of the real batch (a constant):
+    ``c``, :math:`\lambda` is ``weight``, :math:`t` is ``target``, :math:`\phi` is ``shape``;
+    :math:`\sigma` is the standard deviation of all elements of the real batch (a constant;
+    population by default, unbiased with ``ddof=1``). The reference code's perturbation
+    (``perturbation="uniform"``, the default) and the paper's (``"gaussian"``):
 
     .. math::
 
-        \hat x_i = x_i + \alpha_i \, c \, \sigma \, u_i, \qquad
-        \mathrm{DRAGAN} = \frac{\lambda}{B} \sum_{i=1}^{B} (n_i - t)^2 .
+        \hat x_i = x_i + \alpha_i \, c \, \sigma \, u_i \quad\text{or}\quad
+        \hat x_i = x_i + \sqrt{c}\, u_i,\ u_i \sim N(0, I), \qquad
+        \mathrm{DRAGAN} = \frac{\lambda}{B} \sum_{i=1}^{B} \phi(n_i),
+
+    with :math:`\phi(n) = (n - t)^2` by default.
     <<common>>
 
     Args:
         critic: as in :func:`wgan_gp`.
         real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
         weight, target, ratio, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
-        c: perturbation scale relative to :math:`\sigma` (default 0.5).
+        c: with ``"uniform"``, the perturbation's scale relative to :math:`\sigma` (default
+            0.5, the reference code's ``0.5 * std``); with ``"gaussian"``, the *variance*
+            :math:`c` of :math:`\delta \sim N(0, cI)` (its standard deviation is
+            :math:`\sqrt{c}`).
+        shape: the penalty on each norm, as in :func:`gradient_penalty`: ``"two_sided"``
+            (default), ``"one_sided"`` (DRAGAN-LP), ``"squared"`` (zero-centred), ``"power"``
+            or a :class:`gpreg.Shape`; ``target`` and ``ratio`` apply to the first two.
+        perturbation: ``"uniform"`` (the authors' reference code) or ``"gaussian"`` (the
+            paper's :math:`x + \delta`, :math:`\delta \sim N(0, cI)`, no :math:`\alpha`).
+        ddof: 0 (default) for the population :math:`\sigma` (the reference code's NumPy
+            ``std()``), 1 for the unbiased one (``torch.std``'s default, which public PyTorch
+            DRAGAN code uses). Only the uniform form uses :math:`\sigma`.
         alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
-            :math:`U[0, 1)`.
-        noise: :math:`u`, shaped like ``real``; ``None`` draws :math:`U[0, 1)` elementwise
-            (after ``alpha``, from the same <<rng_name>>).
+            :math:`U[0, 1)` (uniform form only).
+        noise: :math:`u`, shaped like ``real``; ``None`` draws it elementwise, :math:`U[0, 1)`
+            (or :math:`N(0, 1)` for ``"gaussian"``), after ``alpha`` and from the same
+            <<rng_name>>.
 <<rng_draws>>
     Returns:
         A scalar tensor (or ``(B,)`` for ``reduction="none"``).
 
     Raises:
-        ValueError: as in :func:`wgan_gp`, or ``noise`` not shaped like ``real``.
+        ValueError: as in :func:`wgan_gp`, ``noise`` not shaped like ``real``, an unknown
+            ``shape`` or ``perturbation``, ``ddof`` not 0 or 1, or ``alpha`` with
+            ``perturbation="gaussian"``.
         TypeError, RuntimeError: as in :func:`wgan_gp`.
 
     Example:
 <<example>>
 
     .. warning::
-        The paper perturbs with :math:`\delta \sim N(0, cI)`; this follows the authors'
-        reference code (uniform noise scaled by :math:`0.5\,\sigma`, then a random fraction
-        :math:`\alpha` of it), which is what "c = 0.5" in public code refers to.
+        The paper perturbs with :math:`\delta \sim N(0, cI)`, :math:`c` a variance; the
+        default follows the authors' reference code (uniform noise scaled by
+        :math:`0.5\,\sigma`, then a random fraction :math:`\alpha` of it), which is what
+        "c = 0.5" in public code refers to. Public PyTorch ports take :math:`\sigma` with
+        ``torch.std``, i.e. ``ddof=1``, where the reference code's NumPy has ``ddof=0``.
 
     References:
         Kodali, Abernethy, Hays, Kira. On Convergence and Stability of GANs. 2017.
         arXiv:1705.07215.
+    """
+
+TEMPLATES["wgan_div"] = r"""WGAN-div: the Wasserstein divergence's gradient term, k times the p-th power of the norm.
+
+    :math:`k` is ``k``, :math:`p` is ``p``, :math:`x` is ``real``, :math:`\tilde x` is ``fake``,
+    :math:`\alpha` is ``alpha`` and :math:`D` is ``critic``:
+
+    .. math::
+
+        \mathrm{DIV} = \frac{k}{B} \sum_{i=1}^{B} n_i^{\,p}, \qquad
+        n_i = \lVert \nabla D(u_i) \rVert_2, \quad
+        u_i = \alpha_i x_i + (1 - \alpha_i)\,\tilde x_i ;
+
+    with ``points="real_fake"`` the critic is evaluated at the real and at the fake samples and
+    sample ``i``'s term is :math:`\tfrac{k}{2}\,(\lVert \nabla D(x_i) \rVert^p +
+    \lVert \nabla D(\tilde x_i) \rVert^p)` (two critic evaluations). The power of the exact norm
+    has a finite (zero) derivative where the input gradient is zero, for every :math:`p \ge 1`.
+    <<common>>
+
+    Args:
+        critic, real, fake: as in :func:`wgan_gp`.
+        k: :math:`k`, non-negative (default 2, the paper's recommendation).
+        p: :math:`p \ge 1` (default 6, the paper's recommendation).
+        points: ``"interpolates"`` (default; the authors' code, as WGAN-GP) or
+            ``"real_fake"`` (the real and the fake samples, :math:`k/2` on each:
+            PyTorch-GAN's ``wgan_div``).
+        alpha: as in :func:`wgan_gp`; interpolates only.
+<<rng_alpha>>        args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: as in :func:`wgan_gp`, ``p`` below 1, an unknown ``points``, or ``alpha``
+            with ``points="real_fake"``.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+<<example>>
+
+    .. warning::
+        The paper recommends :math:`k = 2`, :math:`p = 6`; the authors' released code uses
+        :math:`p = 6` at interpolates but a weight of 10 (``k=10.0`` reproduces it), and
+        PyTorch-GAN evaluates at the real and the fake samples (``points="real_fake"``).
+        Code that writes ``sum(g**2) ** (p / 2)`` gets NaN at a zero gradient for
+        :math:`p < 2`; code that raises ``sum(g**2)`` itself to :math:`p` computes
+        :math:`n^{2p}`.
+
+    References:
+        Wu, Huang, Thoma, Acharya, Van Gool. Wasserstein Divergence for GANs. ECCV 2018.
+        arXiv:1712.01026.
     """
 
 TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you choose (custom recipes, no private API).
@@ -300,14 +372,16 @@ TEMPLATES["gradient_penalty"] = r"""Any built-in penalty shape at points you cho
     .. math::
 
         \frac{\lambda}{B} \sum_{i=1}^{B} \phi(n_i), \qquad
-        \phi \in \{(n - t)^2,\ \max(0, n - t)^2,\ n^2\} .
+        \phi \in \{(n - t)^2,\ \max(0, n - t)^2,\ n^2,\ n^p\} .
 
     The points are used as given (detached); draw them however your recipe needs.
 
     Args:
         critic: as in :func:`wgan_gp`.
         points: where to evaluate (a tensor or a tuple of tensors).
-        shape: ``"two_sided"``, ``"one_sided"``, ``"squared"`` or a :class:`gpreg.Shape`.
+        shape: ``"two_sided"``, ``"one_sided"``, ``"squared"``, ``"power"`` (:math:`n^6`;
+            ``gpreg.SHAPES["power"].with_params(p=...)`` for another :math:`p \ge 1`) or a
+            :class:`gpreg.Shape`.
         weight: :math:`\lambda` (default 1).
         target, ratio, args, kwargs, output, reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
 

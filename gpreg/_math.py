@@ -3,8 +3,9 @@
 Every function takes ``xp``, an array namespace: ``numpy`` itself, gpreg_torch's ``_ops``
 (torch functions under array-API names) or gpreg_keras's ``_ops`` (``keras.ops``). Only
 these members are used: ``where``, ``sqrt``, ``sum``, ``mean``, ``max``, ``abs``, ``reshape``,
-``zeros_like``, ``ones_like`` (and ``std`` in ``gpreg._points``), plus ``stop_gradient`` where
-the namespace has one (NumPy has no gradients to stop).
+``zeros_like``, ``ones_like`` (and ``std(x, ddof=...)`` in ``gpreg._points``), plus
+``stop_gradient`` where the namespace has one (NumPy has no gradients to stop) and the ``**``
+operator.
 """
 
 from __future__ import annotations
@@ -91,6 +92,38 @@ def one_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Arr
 def squared(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
     r""":math:`n^2` (zero-centred; ``target`` and ``ratio`` are ignored)."""
     return norms * norms
+
+
+def power(norms: Array, *, target: float, ratio: bool, xp: Namespace, p: float) -> Array:
+    r""":math:`n^p` (WGAN-div's shape; ``target`` and ``ratio`` are ignored), exact and
+    NaN-safe at :math:`n = 0`.
+
+    As a function of the input gradient :math:`g`, :math:`\lVert g \rVert^p` has the derivative
+    :math:`p \lVert g \rVert^{p-2} g`, whose size :math:`p\,n^{p-1}` tends to 0 as
+    :math:`n \to 0` for every :math:`p > 1`: the penalty's gradient is finite and continuous, and
+    exactly 0 at :math:`n = 0`. Its pieces are not: computed as :math:`s^{p/2}` from the sum of
+    squares :math:`s` (as public WGAN-div code does), the derivative
+    :math:`\tfrac{p}{2} s^{p/2 - 1}` is infinite at :math:`s = 0` for every :math:`p < 2`, and
+    autodiff's ``inf * 0`` turns an exactly-zero gradient into NaN. Here the power is taken of
+    the norm, and only where it is non-zero (both ``where`` branches are finite), so the value
+    is exact and the derivative at :math:`n = 0` is 0. For :math:`p = 1` that 0 is the
+    subgradient the norm itself uses. Exponents below 1 are rejected by the callers
+    (:func:`gpreg._validation.check_power`): there :math:`p\,n^{p-1}` is unbounded near 0. NaN and
+    Inf norms propagate.
+    """
+    zero = norms == 0  # NaN is not zero: it propagates, as in safe_norm
+    safe = xp.where(zero, xp.ones_like(norms), norms)
+    return xp.where(zero, xp.zeros_like(norms), safe**p)
+
+
+def real_fake_mean(at_real: Array, at_fake: Array) -> Array:
+    r"""Per-sample penalty at real and fake samples: :math:`(\phi(n_i) + \phi(\tilde n_i)) / 2`.
+
+    The mean of these over the batch is the mean over the mixture of both batches, i.e.
+    :math:`\tfrac12 \mathbb{E}_x \phi + \tfrac12 \mathbb{E}_{\tilde x} \phi` (PyTorch-GAN's
+    ``wgan_div``: ``k / 2`` on each).
+    """
+    return 0.5 * (at_real + at_fake)
 
 
 def reduce(values: Array, reduction: str, xp: Namespace, count: int | None = None) -> Array:

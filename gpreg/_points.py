@@ -30,18 +30,51 @@ def interpolates(
     return tuple(out)
 
 
-def dragan_points(
-    real: Sequence[Array], alpha: Array, noise: Sequence[Array], c: float, xp: Namespace
-) -> tuple[Array, ...]:
-    r"""DRAGAN's perturbed reals, as in its reference code.
+PERTURBATIONS: tuple[str, ...] = ("uniform", "gaussian")
 
-    :math:`\hat x_i = x_i + \alpha_i \, c \, \sigma \, u_i`, with :math:`\sigma` the population
-    standard deviation of all elements of the real batch (per part) and :math:`u` the noise.
-    ``real`` must already be detached: :math:`\sigma` is a constant.
+
+def batch_std(part: Array, ddof: int, xp: Namespace) -> Array:
+    r""":math:`\sigma`, the standard deviation of all elements of ``part`` with ``ddof`` degrees of
+    freedom removed: ``ddof=0`` is the population value (NumPy's ``x.std()``, the authors' DRAGAN
+    code), ``ddof=1`` the unbiased one (``torch.std``'s default, public PyTorch DRAGAN code).
+    ``xp.std`` takes ``ddof`` (NumPy's, the adapters' namespaces and their all-replica
+    statistics under data parallelism, where the count is that of the global batch).
+    """
+    return xp.std(part) if ddof == 0 else xp.std(part, ddof=ddof)
+
+
+def dragan_points(
+    real: Sequence[Array],
+    alpha: Array | None,
+    noise: Sequence[Array],
+    c: float,
+    xp: Namespace,
+    *,
+    ddof: int = 0,
+    perturbation: str = "uniform",
+) -> tuple[Array, ...]:
+    r"""DRAGAN's perturbed reals, part by part. ``real`` must already be detached.
+
+    ``perturbation="uniform"`` (the authors' reference code): :math:`\hat x_i = x_i + \alpha_i
+    \, c \, \sigma \, u_i`, with :math:`\sigma` the standard deviation of all elements of the
+    real batch (per part, ``ddof`` as in :func:`batch_std`, a constant) and :math:`u` the noise
+    (:math:`U[0, 1)` when drawn).
+
+    ``perturbation="gaussian"`` (the paper): :math:`\hat x_i = x_i + \delta_i`,
+    :math:`\delta \sim N(0, cI)`: ``c`` is the *variance* of each coordinate of the
+    perturbation, so :math:`\delta = \sqrt{c}\, u` with :math:`u` standard normal noise;
+    ``alpha`` and :math:`\sigma` play no part (pass ``alpha=None``).
     """
     out = []
+    if perturbation == "gaussian":
+        scale = c**0.5
+        for r, u in zip(real, noise):
+            out.append(r + scale * u)
+        return tuple(out)
+    if perturbation != "uniform":
+        raise ValueError(f"unknown perturbation {perturbation!r}")
     for r, u in zip(real, noise):
-        sigma = xp.std(r)
+        sigma = batch_std(r, ddof, xp)
         a = _per_sample(alpha, r, xp)
         out.append(r + a * (c * sigma) * u)
     return tuple(out)

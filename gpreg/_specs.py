@@ -12,32 +12,72 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gpreg import _math
+from gpreg._validation import check_choice, check_power
 
 ENTRY_POINT_GROUP = "gpreg.penalties"
 
-Points = Literal["interpolates", "real", "fake", "perturbed_real"]
-POINTS: tuple[str, ...] = ("interpolates", "real", "fake", "perturbed_real")
+Points = Literal["interpolates", "real", "fake", "perturbed_real", "real_fake"]
+POINTS: tuple[str, ...] = ("interpolates", "real", "fake", "perturbed_real", "real_fake")
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A function of the per-sample gradient norm: ``fn(norms, *, target, ratio, xp)``.
+    """A function of the per-sample gradient norm: ``fn(norms, *, target, ratio, xp, **params)``.
+
+    Call the shape itself, ``shape(norms, target=..., ratio=..., xp=...)``: it passes its own
+    ``params`` on to ``fn``.
 
     Attributes:
         name: registry key, e.g. ``"two_sided"``.
         fn: the formula, written against an array namespace ``xp``.
         uses_target: whether ``target`` and ``ratio`` mean anything for this shape.
         math: the formula in LaTeX, for docs and tables.
+        params: the shape's own numeric parameters and their current values, as
+            ``(name, value)`` pairs, e.g. ``(("p", 6.0),)`` for ``"power"``; change them with
+            :meth:`with_params`.
+        check: optional ``check(where, name, value) -> float`` that validates one parameter.
     """
 
     name: str
     fn: Callable[..., Any]
     uses_target: bool
     math: str
+    params: tuple[tuple[str, float], ...] = ()
+    check: Callable[[str, str, Any], float] | None = field(default=None, compare=False)
+
+    def __call__(self, norms: Any, *, target: float, ratio: bool, xp: Any) -> Any:
+        return self.fn(norms, target=target, ratio=ratio, xp=xp, **dict(self.params))
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.params)
+
+    def with_params(self, where: str = "gpreg.Shape.with_params", /, **params: Any) -> Shape:
+        """A copy with some parameters changed, e.g. ``SHAPES["power"].with_params(p=3.0)``.
+
+        Raises:
+            TypeError: a parameter the shape does not have.
+            ValueError: a value its ``check`` rejects.
+        """
+        unknown = sorted(set(params) - set(self.param_names))
+        if unknown:
+            known = ", ".join(self.param_names) or "none"
+            raise TypeError(
+                f"{where}: shape {self.name!r} has no parameter(s) {', '.join(unknown)}; its "
+                f"parameters: {known}."
+            )
+        values = dict(self.params)
+        for name, value in params.items():
+            values[name] = self.check(where, name, value) if self.check else float(value)
+        return replace(self, params=tuple(values.items()))
+
+
+def _check_power(where: str, name: str, value: Any) -> float:
+    return check_power(where, value)
 
 
 SHAPES: dict[str, Shape] = {
@@ -46,8 +86,31 @@ SHAPES: dict[str, Shape] = {
         Shape("two_sided", _math.two_sided, True, r"(\|g\| - t)^2"),
         Shape("one_sided", _math.one_sided, True, r"\max(0, \|g\| - t)^2"),
         Shape("squared", _math.squared, False, r"\|g\|^2"),
+        Shape("power", _math.power, False, r"\|g\|^p", params=(("p", 6.0),),
+              check=_check_power),
     )
 }
+
+
+def resolve_shape(where: str, shape: str | Shape) -> Shape:
+    """A :class:`Shape`, or the name of a built-in one, as a :class:`Shape`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+        TypeError: neither a name nor a :class:`Shape`.
+    """
+    if isinstance(shape, Shape):
+        return shape
+    if not isinstance(shape, str):
+        raise TypeError(
+            f"{where}: shape must be a name ({', '.join(sorted(SHAPES))}) or a gpreg.Shape; got "
+            f"{type(shape).__name__}."
+        )
+    if shape not in SHAPES:
+        raise ValueError(
+            f"{where}: unknown shape {shape!r}; expected one of {', '.join(sorted(SHAPES))}."
+        )
+    return SHAPES[shape]
 
 
 @dataclass(frozen=True)
@@ -55,14 +118,19 @@ class PenaltySpec:
     """Everything that defines one gradient penalty, independent of any framework.
 
     The per-sample penalty is ``weight_factor * weight * shape(n_i)``; the batch value is
-    ``reduce(per_sample, default_reduction)`` unless the caller picks another reduction.
+    ``reduce(per_sample, default_reduction)`` unless the caller picks another reduction. At
+    ``"real_fake"`` points the per-sample term is the mean of the shape at the real and at the
+    fake sample, ``(shape(n(x_i)) + shape(n(x~_i))) / 2``.
 
     Attributes:
         name: the public name (``gpreg_torch.<name>``, registry key).
-        points: where the critic is evaluated: ``"interpolates"`` (between real and fake),
-            ``"real"``, ``"fake"`` or ``"perturbed_real"`` (DRAGAN).
-        shape: key of :data:`SHAPES` (or a :class:`Shape`).
-        weight_name: the keyword that carries the weight (``"weight"`` or ``"gamma"``).
+        points: where the critic is evaluated by default: ``"interpolates"`` (between real
+            and fake), ``"real"``, ``"fake"``, ``"perturbed_real"`` (DRAGAN) or
+            ``"real_fake"`` (the real and the fake samples, both).
+        shape: key of :data:`SHAPES` (or a :class:`Shape`, e.g. with its parameters set:
+            ``SHAPES["power"].with_params(p=6.0)``); the shape's parameters are keywords of
+            the public function.
+        weight_name: the keyword that carries the weight (``"weight"``, ``"gamma"``, ``"k"``).
         default_weight: the customary default of that keyword.
         weight_factor: constant factor on the weight (1/2 for R1/R2's gamma/2).
         default_target: default gradient-norm target (for shapes that use one).
@@ -70,6 +138,8 @@ class PenaltySpec:
         title: human-readable name.
         paper: short citation.
         arxiv: arXiv identifier of the paper.
+        point_options: the values the public function's ``points=`` keyword accepts, the
+            default (``points``) first; empty when the points are fixed.
     """
 
     name: str
@@ -84,6 +154,7 @@ class PenaltySpec:
     paper: str = ""
     arxiv: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    point_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -92,6 +163,13 @@ class PenaltySpec:
             raise ValueError(
                 f"PenaltySpec {self.name!r}: points must be one of {', '.join(POINTS)}; "
                 f"got {self.points!r}"
+            )
+        bad = [p for p in self.point_options if p not in POINTS]
+        if bad or (self.point_options and self.point_options[0] != self.points):
+            raise ValueError(
+                f"PenaltySpec {self.name!r}: point_options must list values of "
+                f"{', '.join(POINTS)}, starting with points={self.points!r}; got "
+                f"{self.point_options!r}"
             )
         if isinstance(self.shape, str) and self.shape not in SHAPES:
             raise ValueError(
@@ -108,6 +186,47 @@ class PenaltySpec:
     def uses_target(self) -> bool:
         return self.shape_obj.uses_target
 
+    @property
+    def shape_params(self) -> dict[str, float]:
+        """The shape's parameters and their defaults (``{"p": 6.0}`` for WGAN-div)."""
+        return dict(self.shape_obj.params)
+
+
+def choose_points(where: str, spec: PenaltySpec, points: str | None) -> str:
+    """The points ``spec`` is evaluated at: its default, or ``points`` from its
+    ``point_options``.
+
+    Raises:
+        ValueError: ``points`` is not one of the spec's options (or it has none).
+    """
+    if points is None or points == spec.points:
+        return spec.points
+    if not spec.point_options:
+        raise ValueError(
+            f"{where}: {spec.name} is always evaluated at {spec.points!r}; it takes no "
+            f"points={points!r}."
+        )
+    return check_choice(where, "points", points, spec.point_options)
+
+
+def resolve_spec_shape(
+    where: str, spec: PenaltySpec, shape: str | Shape | None = None,
+    params: dict[str, Any] | None = None,
+) -> Shape:
+    """The shape a call of ``spec`` applies: the spec's own (or ``shape``, where the penalty
+    takes one), with ``params`` (``{"p": 3.0}``) set."""
+    resolved = spec.shape_obj if shape is None else resolve_shape(where, shape)
+    return resolved.with_params(where, **params) if params else resolved
+
+
+_WGAN_DIV = PenaltySpec(
+    "wgan_div", "interpolates", SHAPES["power"].with_params(p=6.0), weight_name="k",
+    default_weight=2.0,
+    title="WGAN-div (Wasserstein divergence: k times the p-th power of the gradient norm)",
+    paper="Wu, Huang, Thoma, Acharya, Van Gool, Wasserstein Divergence for GANs, ECCV 2018",
+    arxiv="1712.01026",
+    point_options=("interpolates", "real_fake"),
+)
 
 _BUILTINS: tuple[PenaltySpec, ...] = (
     PenaltySpec(
@@ -156,6 +275,7 @@ _BUILTINS: tuple[PenaltySpec, ...] = (
         paper="Zhou et al., Lipschitz Generative Adversarial Nets, ICML 2019",
         arxiv="1902.05687",
     ),
+    _WGAN_DIV,
 )
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(s.name for s in _BUILTINS)
@@ -244,7 +364,7 @@ def get_spec(name: str) -> PenaltySpec:
 
 
 _ROLES = {"interpolates": ("real", "fake"), "real": ("real",), "fake": ("fake",),
-          "perturbed_real": ("real",)}
+          "perturbed_real": ("real",), "real_fake": ("real", "fake")}
 
 
 def bind(spec: PenaltySpec, run: Callable[..., Any], package: str) -> Callable[..., Any]:
@@ -252,7 +372,8 @@ def bind(spec: PenaltySpec, run: Callable[..., Any], package: str) -> Callable[.
 
     The result takes ``(critic, *data, **options)`` with the data arguments that the spec's
     points need (``real, fake`` for interpolates, ``real`` for R1 and DRAGAN-like, ``fake``
-    for R2-like) and calls ``run(spec, critic, real=..., fake=..., weight=..., **options)``.
+    for R2-like) and calls ``run(spec, critic, real=..., fake=..., weight=..., **options)``;
+    keywords named after the shape's parameters travel as ``shape_params={...}``.
     """
     roles = _ROLES[spec.points]
 
@@ -264,6 +385,9 @@ def bind(spec: PenaltySpec, run: Callable[..., Any], package: str) -> Callable[.
             )
         if spec.weight_name != "weight" and spec.weight_name in options:
             options["weight"] = options.pop(spec.weight_name)
+        params = {n: options.pop(n) for n in spec.shape_obj.param_names if n in options}
+        if params:
+            options["shape_params"] = params
         return run(spec, critic, **dict(zip(roles, data)), **options)
 
     penalty.__name__ = penalty.__qualname__ = spec.name

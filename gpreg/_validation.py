@@ -171,6 +171,69 @@ def _is_real_scalar(value: object) -> bool:
         return False
 
 
+def check_power(where: str, p: object) -> float:
+    """WGAN-div's exponent ``p``: a finite number of at least 1.
+
+    Below 1 the derivative of :math:`n^p`, :math:`p n^{p-1}`, is unbounded as the norm goes to 0,
+    so the penalty's weight gradient explodes near critics with a small input gradient.
+    """
+    v = check_scalar(where, "p", p)
+    if v < 1.0:
+        raise ValueError(
+            f"{where}: p must be at least 1; got {p!r}. The derivative of n**p, p * n**(p - 1), "
+            f"is unbounded as the gradient norm n goes to 0 when p < 1, which makes the "
+            f"penalty's weight gradient explode. WGAN-div's recommended value is p=6.0."
+        )
+    return v
+
+
+def check_choice(where: str, name: str, value: object, choices: Sequence[str]) -> str:
+    """A string option (``points``, ``perturbation``) that must be one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{where}: unknown {name} {value!r}; expected one of "
+            + ", ".join(repr(c) for c in choices)
+            + "."
+        )
+    return value
+
+
+def check_ddof(where: str, ddof: object, n_elements: int | None) -> int:
+    """DRAGAN's ``ddof``: 0 (population standard deviation) or 1 (unbiased, ``torch.std``'s
+    default); the real batch needs more elements than ``ddof`` (``None``: not known yet)."""
+    if isinstance(ddof, bool) or ddof not in (0, 1):
+        raise ValueError(
+            f"{where}: ddof must be 0 (population standard deviation, the authors' NumPy code) "
+            f"or 1 (unbiased, torch.std's default, used by public PyTorch DRAGAN code); "
+            f"got {ddof!r}."
+        )
+    if n_elements is not None and n_elements <= int(ddof):  # type: ignore[call-overload]
+        raise ValueError(
+            f"{where}: the standard deviation with ddof={ddof} needs more than {ddof} element(s) "
+            f"in the real batch; got {n_elements}. Use ddof=0, or a larger batch."
+        )
+    return int(ddof)  # type: ignore[call-overload]
+
+
+_NO_ALPHA = {
+    "perturbation='gaussian'": (
+        "the paper's x + delta, delta ~ N(0, c I), has no random fraction; use "
+        "perturbation='uniform' for the reference code's x + alpha * c * std * u"
+    ),
+    "points='real_fake'": (
+        "the critic is evaluated at the real and the fake samples themselves; use "
+        "points='interpolates' for alpha * real + (1 - alpha) * fake"
+    ),
+}
+
+
+def unused_alpha(where: str, setting: str) -> ValueError:
+    """``alpha`` given where it plays no part: ``setting`` is a key of ``_NO_ALPHA``."""
+    return ValueError(
+        f"{where}: alpha is not used with {setting} ({_NO_ALPHA[setting]}). Pass alpha=None."
+    )
+
+
 def check_target(where: str, target: object, ratio: bool) -> float:
     """``target`` must be non-negative; the ratio form divides by it, so there it must be > 0."""
     t = check_scalar(where, "target", target, positive=ratio)

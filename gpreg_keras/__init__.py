@@ -19,6 +19,7 @@ from gpreg_keras._penalties import gradient_penalty as gradient_penalty
 from gpreg_keras._penalties import max_gp as max_gp
 from gpreg_keras._penalties import r1 as r1
 from gpreg_keras._penalties import r2 as r2
+from gpreg_keras._penalties import wgan_div as wgan_div
 from gpreg_keras._penalties import wgan_gp as wgan_gp
 from gpreg_keras._penalties import wgan_lp as wgan_lp
 from gpreg_keras._penalties import zero_gp as zero_gp
@@ -42,6 +43,7 @@ __all__ = [
     "r1",
     "r2",
     "stateless_critic",
+    "wgan_div",
     "wgan_gp",
     "wgan_lp",
     "zero_gp",

@@ -19,7 +19,14 @@ from keras import ops
 from gpreg import _call, _math, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
-from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+from gpreg._specs import (
+    PenaltySpec,
+    Shape,
+    choose_points,
+    get_spec,
+    resolve_shape,
+    resolve_spec_shape,
+)
 from gpreg_keras import _ops as xp
 from gpreg_keras._calling import arrange
 
@@ -264,11 +271,14 @@ def _check_draw(where: str, seed: Any, like: Any) -> None:
                       stacklevel=user_stacklevel())
 
 
-def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any) -> Any:
+def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any,
+             normal: bool = False) -> Any:
+    """A U[0, 1) draw (N(0, 1) with ``normal``): the ``k``-th stream of ``seed``."""
     _check_seed(where, seed)
     _check_draw(where, seed, like)
     draw_dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
-    return ops.cast(keras.random.uniform(shape, dtype=draw_dtype, seed=_seed_for(seed, k)), dtype)
+    draw = keras.random.normal if normal else keras.random.uniform
+    return ops.cast(draw(shape, dtype=draw_dtype, seed=_seed_for(seed, k)), dtype)
 
 
 def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
@@ -289,10 +299,13 @@ def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
     return ops.reshape(ops.stop_gradient(ops.cast(alpha, dt)), (batch,))
 
 
-def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any) -> tuple[Any, ...]:
+def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any,
+                 gaussian: bool = False) -> tuple[Any, ...]:
+    """DRAGAN's noise: given, or drawn U[0, 1) (N(0, 1) for the paper's Gaussian form)."""
     if noise is None:
         return tuple(
-            _uniform(where, ops.shape(r), _dtype(r), seed, k + 1, r) for k, r in enumerate(real)
+            _uniform(where, ops.shape(r), _dtype(r), seed, k + 1, r, gaussian)
+            for k, r in enumerate(real)
         )
     items = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
     v.check_noise_shapes(where, [_static(n.shape) for n in items], [_static(r.shape) for r in real])
@@ -409,22 +422,6 @@ def norms_from_gradients(grads: Any) -> Any:
     return _math.per_sample_norm(acc, xp)
 
 
-def shape_of(where: str, shape: str | Shape) -> Shape:
-    if isinstance(shape, Shape):
-        return shape
-    if shape not in SHAPES:
-        raise ValueError(
-            f"{where}: unknown shape {shape!r}; expected one of {', '.join(sorted(SHAPES))}."
-        )
-    return SHAPES[shape]
-
-
-def apply_shape(where: str, norms: Any, shape: str | Shape, *, weight: float, target: float,
-                ratio: bool, reduction: str, global_batch_size: int | None = None) -> Any:
-    per_sample = shape_of(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
-    return _math.reduce(per_sample, reduction, xp, count=global_batch_size)
-
-
 def _mixed_policy() -> bool:
     return keras.config.dtype_policy().name.startswith("mixed_")
 
@@ -444,20 +441,44 @@ def _match_fake(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> tuple[Any
     return tuple(out)
 
 
+def _elements(parts_: tuple[Any, ...]) -> int | None:
+    """The fewest elements of any part, when every shape is static."""
+    sizes = []
+    for t in parts_:
+        shape = _static(t.shape)
+        if None in shape:
+            return None
+        sizes.append(int(np.prod(shape)))
+    return min(sizes)
+
+
 def evaluation_points(spec: PenaltySpec, where: str, *, real: Any, fake: Any, alpha: Any,
-                      noise: Any, c: float, seed: Any) -> tuple[Any, ...]:
-    if spec.points == "real":
-        return parts(where, "real", real)
-    if spec.points == "fake":
-        return parts(where, "fake", fake)
+                      noise: Any, c: float, seed: Any, points: str | None = None,
+                      ddof: int = 0, perturbation: str = "uniform") -> list[tuple[Any, ...]]:
+    """The sets of points at which ``spec`` evaluates the critic (one, or the real and the
+    fake samples for ``points="real_fake"``)."""
+    kind = choose_points(where, spec, points)
+    if kind == "real":
+        return [parts(where, "real", real)]
+    if kind == "fake":
+        return [parts(where, "fake", fake)]
     r = parts(where, "real", real)
-    if spec.points == "perturbed_real":
-        a = alpha_values(where, alpha, r[0], seed)
-        u = noise_values(where, noise, r, seed)
-        return _points.dragan_points(r, a, u, c, _statistics(where, "DRAGAN's sigma"))
+    if kind == "perturbed_real":
+        gaussian = perturbation == "gaussian"
+        if gaussian and alpha is not None:
+            raise v.unused_alpha(where, "perturbation='gaussian'")
+        v.check_ddof(where, ddof, _elements(r))
+        a = None if gaussian else alpha_values(where, alpha, r[0], seed)
+        u = noise_values(where, noise, r, seed, gaussian)
+        stats = xp if gaussian else _statistics(where, "DRAGAN's sigma")
+        return [_points.dragan_points(r, a, u, c, stats, ddof=ddof, perturbation=perturbation)]
     f = _match_fake(where, r, parts(where, "fake", fake))
+    if kind == "real_fake":
+        if alpha is not None:
+            raise v.unused_alpha(where, "points='real_fake'")
+        return [r, f]
     a = alpha_values(where, alpha, r[0], seed)
-    return _points.interpolates(r, f, a, xp)
+    return [_points.interpolates(r, f, a, xp)]
 
 
 class _ReplicaStatistics:
@@ -526,15 +547,17 @@ def _torch_inputs(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: An
 
 
 def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, noise: Any,
-                      seed: Any) -> tuple[Any, Any]:
+                      seed: Any, points: str | None, perturbation: str) -> tuple[Any, Any]:
     """On Keras's torch backend, draw with keras.random so ``seed=`` has one meaning."""
-    if spec.points not in ("interpolates", "perturbed_real"):
+    kind = choose_points(where, spec, points)
+    if kind not in ("interpolates", "perturbed_real"):
         return alpha, noise
     r = parts(where, "real", real)
-    if alpha is None:
+    gaussian = kind == "perturbed_real" and perturbation == "gaussian"
+    if alpha is None and not gaussian:
         alpha = alpha_values(where, None, r[0], seed)
-    if spec.points == "perturbed_real" and noise is None:
-        noise = noise_values(where, None, r, seed)
+    if kind == "perturbed_real" and noise is None:
+        noise = noise_values(where, None, r, seed, gaussian)
         noise = noise[0] if len(noise) == 1 else noise
     return alpha, noise
 
@@ -545,8 +568,11 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         seed: Any = None, args: Any = (), kwargs: Any = None, output: Any = None,
         reduction: str | None = None, create_graph: bool = True,
         scaler: Any = None, global_batch_size: int | None = None,
-        check_finite: bool = False) -> Any:
-    """Compute the penalty that ``spec`` describes on the active Keras backend."""
+        check_finite: bool = False, points: str | None = None,
+        shape: str | Shape | None = None, shape_params: dict[str, Any] | None = None,
+        ddof: int = 0, perturbation: str = "uniform") -> Any:
+    """Compute the penalty that ``spec`` describes on the active Keras backend (the options
+    as in :func:`gpreg_torch._core.run`)."""
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_keras.{spec.name}"
@@ -557,48 +583,61 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
     if backend() == "torch":
         from gpreg_torch import _core as torch_core
 
+        if spec.points == "perturbed_real":
+            v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
         real, fake, alpha, noise = _torch_inputs(spec, where, real, fake, alpha, noise)
-        alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed)
+        alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed, points,
+                                         perturbation)
         return torch_core.run(spec, fn, real=real, fake=fake, weight=weight, target=target,
                               ratio=ratio, c=c, alpha=alpha, noise=noise, output=call.output,
                               reduction=reduction, create_graph=create_graph,
                               package="gpreg_keras",
                               scaler=None if scaler is None else _TorchScalerView(where, scaler),
-                              global_batch_size=global_batch_size, check_finite=check_finite)
+                              global_batch_size=global_batch_size, check_finite=check_finite,
+                              points=points, shape=shape, shape_params=shape_params,
+                              ddof=ddof, perturbation=perturbation)
+    shp = resolve_spec_shape(where, spec, shape, shape_params)
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
     t = spec.default_target if target is None else target
-    t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
+    t = v.check_target(where, t, bool(ratio)) if shp.uses_target else float(t)
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
-    pts = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
-                            seed=seed)
-    return _penalty(where, fn, pts, call, create_graph, scaler, check_finite, spec.shape,
+        v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
+    sets = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
+                             seed=seed, points=points, ddof=ddof, perturbation=perturbation)
+    return _penalty(where, fn, sets, call, create_graph, scaler, check_finite, shp,
                     weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
                     global_batch_size=gbs)
 
 
-def _penalty(where: str, fn: Callable[..., Any], pts: tuple[Any, ...], call: Call,
-             create_graph: bool, scaler: Any, check_finite: bool, shape: str | Shape,
-             **kw: Any) -> Any:
-    """Input gradient → norms → shape → reduction, with the opt-in finite checks."""
-    if check_finite:
-        for p in pts:
-            _finite(where, "an evaluation point (from real/fake)", p)
-    grads, out = input_gradients(where, fn, pts, create_graph, scaler, call.output)
-    norms = norms_from_gradients(grads)
-    if check_finite:
-        _finite(where, "the critic's output", out)
-        _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
-    if kw["reduction"] == "max":
+def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], call: Call,
+             create_graph: bool, scaler: Any, check_finite: bool, shape: Shape, *,
+             weight: float, target: float, ratio: bool, reduction: str,
+             global_batch_size: int | None = None) -> Any:
+    """Input gradient → norms → shape → reduction, with the opt-in finite checks; the
+    per-sample terms of two sets of points (real and fake) are averaged. Under a
+    ``tf.distribute`` strategy the maximum is taken over every replica's samples."""
+    per_sample = []
+    for pts in sets:
+        if check_finite:
+            for p in pts:
+                _finite(where, "an evaluation point (from real/fake)", p)
+        grads, out = input_gradients(where, fn, pts, create_graph, scaler, call.output)
+        norms = norms_from_gradients(grads)
+        if check_finite:
+            _finite(where, "the critic's output", out)
+            _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
+        per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
+    values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
+    if reduction == "max":
         stats = _statistics(where, "the maximum over the batch")
         if isinstance(stats, _ReplicaStatistics):
             from gpreg_keras._tensorflow import replica_max
 
-            return replica_max(stats._ctx, apply_shape(where, norms, shape,
-                                                       **{**kw, "reduction": "none"}))
-    return apply_shape(where, norms, shape, **kw)
+            return replica_max(stats._ctx, values)
+    return _math.reduce(values, reduction, xp, count=global_batch_size)
 
 
 def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str | Shape,
@@ -625,9 +664,9 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
     t = v.check_target(where, target, bool(ratio))
     red = v.check_reduction(where, reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
-    shp = shape_of(where, shape)
+    shp = resolve_shape(where, shape)
     pts = parts(where, "points", points)
-    return _penalty(where, fn, pts, call, create_graph, scaler, check_finite, shp, weight=w,
+    return _penalty(where, fn, [pts], call, create_graph, scaler, check_finite, shp, weight=w,
                     target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 

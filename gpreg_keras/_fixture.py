@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from gpreg import fixtures
 from gpreg.fixtures import Case, Fixture
 
 
@@ -92,9 +93,6 @@ def tensors(arrays: tuple[np.ndarray, ...], dtype: str) -> tuple[Any, ...]:
 
 def case_arguments(fixture: Fixture, case: Case, dtype: str) -> tuple[tuple, dict[str, Any]]:
     """Positional data and keyword options that reproduce ``case`` exactly (channels-last)."""
-    from gpreg import get_spec
-
-    spec = get_spec(case.penalty)
     real, fake = tensors(fixture.real, dtype), tensors(fixture.fake, dtype)
     noise = tensors(fixture.noise, dtype)
     alpha = keras.ops.convert_to_tensor(fixture.alpha, dtype=dtype)
@@ -102,14 +100,10 @@ def case_arguments(fixture: Fixture, case: Case, dtype: str) -> tuple[tuple, dic
     def one(parts: tuple) -> Any:
         return parts[0] if len(parts) == 1 else parts
 
-    kwargs = dict(case.kwargs)
-    if spec.points == "interpolates":
-        return (one(real), one(fake)), {**kwargs, "alpha": alpha}
-    if spec.points == "real":
-        return (one(real),), kwargs
-    if spec.points == "fake":
-        return (one(fake),), kwargs
-    return (one(real),), {**kwargs, "alpha": alpha, "noise": one(noise)}
+    roles, randomness = fixtures.arguments(case)
+    data = {"real": one(real), "fake": one(fake)}
+    draws = {"alpha": alpha, "noise": one(noise)}
+    return tuple(data[r] for r in roles), {**case.kwargs, **{k: draws[k] for k in randomness}}
 
 
 def _np(x: Any) -> np.ndarray:

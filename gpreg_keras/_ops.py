@@ -28,7 +28,11 @@ def mean(x: Any) -> Any:
     return ops.sum(flat) / ops.cast(ops.shape(flat)[0], x.dtype)
 
 
-def std(x: Any) -> Any:
-    """Population standard deviation (ddof 0) of all elements."""
+def std(x: Any, ddof: int = 0) -> Any:
+    """Standard deviation of all elements (population for ``ddof=0``, unbiased for 1), exact
+    in float64 on every backend."""
     d = x - mean(x)
-    return ops.sqrt(mean(d * d))
+    if ddof == 0:
+        return ops.sqrt(mean(d * d))
+    flat = ops.reshape(d * d, (-1,))
+    return ops.sqrt(ops.sum(flat) / (ops.cast(ops.shape(flat)[0], x.dtype) - ddof))

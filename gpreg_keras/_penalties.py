@@ -47,7 +47,18 @@ EXAMPLES: dict[str, str] = {
         >>> critic = lambda x: 2 * keras.ops.sum(x, axis=1)
         >>> float(gp.dragan(critic, keras.random.normal((3, 4), seed=1), alpha=keras.ops.zeros(3),
         ...                 seed=0))
-        90.0""",
+        90.0
+        >>> float(gp.dragan(critic, keras.random.normal((3, 4), seed=1), shape="squared",
+        ...                 perturbation="gaussian", seed=0))   # the norm is 4 everywhere
+        160.0""",
+    "wgan_div": """        >>> import keras, gpreg_keras as gp
+        >>> critic = lambda x: keras.ops.sum(x, axis=1) / 2   # input gradient 1/2s, norm 1
+        >>> real, fake = keras.ops.ones((3, 4)), keras.ops.zeros((3, 4))
+        >>> float(gp.wgan_div(critic, real, fake, seed=0))   # k * 1 ** 6
+        2.0
+        >>> critic = lambda x: keras.ops.sum(x, axis=1)
+        >>> float(gp.wgan_div(critic, real, fake, points="real_fake", p=2.0))
+        8.0""",
     "gradient_penalty": """        >>> import keras, gpreg_keras as gp
         >>> critic = lambda x: 2 * keras.ops.sum(x, axis=1)
         >>> float(gp.gradient_penalty(critic, keras.ops.zeros((2, 4)), shape="squared"))
@@ -262,6 +273,9 @@ def dragan(
     target: float = 1.0,
     c: float = 0.5,
     ratio: bool = False,
+    shape: str | Shape = "two_sided",
+    perturbation: str = "uniform",
+    ddof: int = 0,
     alpha: Any = None,
     noise: Points | None = None,
     seed: Any = None,
@@ -276,7 +290,38 @@ def dragan(
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
+        shape=shape, perturbation=perturbation, ddof=ddof,
         alpha=alpha, noise=noise, seed=seed,
+        args=args, kwargs=kwargs, output=output, reduction=reduction,
+        create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
+    )
+
+
+@_documented("wgan_div")
+def wgan_div(
+    critic: Critic,
+    real: Points,
+    fake: Points,
+    *,
+    k: float = 2.0,
+    p: float = 6.0,
+    points: str = "interpolates",
+    alpha: Any = None,
+    seed: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
+    reduction: str = "mean",
+    create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
+    check_finite: bool = False,
+) -> Tensor:
+    return _core.run(
+        "wgan_div", critic, real=real, fake=fake, weight=k, shape_params={"p": p},
+        points=points, alpha=alpha, seed=seed,
         args=args, kwargs=kwargs, output=output, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
@@ -326,7 +371,7 @@ def grad_norm(
 
 
 _PUBLIC: dict[str, Callable[..., Tensor]] = {
-    f.__name__: f for f in (wgan_gp, wgan_lp, zero_gp, r1, r2, dragan, max_gp)
+    f.__name__: f for f in (wgan_gp, wgan_lp, zero_gp, r1, r2, dragan, max_gp, wgan_div)
 }
 assert set(_PUBLIC) == set(BUILTIN_NAMES)
 

@@ -15,6 +15,7 @@ from gpreg_torch._penalties import gradient_penalty as gradient_penalty
 from gpreg_torch._penalties import max_gp as max_gp
 from gpreg_torch._penalties import r1 as r1
 from gpreg_torch._penalties import r2 as r2
+from gpreg_torch._penalties import wgan_div as wgan_div
 from gpreg_torch._penalties import wgan_gp as wgan_gp
 from gpreg_torch._penalties import wgan_lp as wgan_lp
 from gpreg_torch._penalties import zero_gp as zero_gp
@@ -31,6 +32,7 @@ __all__ = [
     "max_gp",
     "r1",
     "r2",
+    "wgan_div",
     "wgan_gp",
     "wgan_lp",
     "zero_gp",

@@ -18,7 +18,14 @@ import torch
 from gpreg import _call, _math, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
-from gpreg._specs import SHAPES, PenaltySpec, Shape, get_spec
+from gpreg._specs import (
+    PenaltySpec,
+    Shape,
+    choose_points,
+    get_spec,
+    resolve_shape,
+    resolve_spec_shape,
+)
 from gpreg_torch import _dist
 from gpreg_torch import _ops as xp
 
@@ -98,11 +105,14 @@ def _in_dtype(alpha: Tensor, part: Tensor) -> Tensor:
 
 
 def _noise(
-    where: str, noise: Any, real: tuple[Tensor, ...], generator: torch.Generator | None
+    where: str, noise: Any, real: tuple[Tensor, ...], generator: torch.Generator | None,
+    gaussian: bool = False,
 ) -> tuple[Tensor, ...]:
+    """DRAGAN's noise: given, or drawn U[0, 1) (N(0, 1) for the paper's Gaussian form)."""
     if noise is None:
+        draw = torch.randn if gaussian else torch.rand
         return tuple(
-            torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype) for r in real
+            draw(r.shape, generator=generator, device=r.device, dtype=r.dtype) for r in real
         )
     parts = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
     if not all(isinstance(n, torch.Tensor) for n in parts):
@@ -504,20 +514,11 @@ def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:
     return n * scale
 
 
-def _shape(where: str, shape: str | Shape) -> Shape:
-    if isinstance(shape, Shape):
-        return shape
-    if shape not in SHAPES:
-        raise ValueError(
-            f"{where}: unknown shape {shape!r}; expected one of {', '.join(sorted(SHAPES))}."
-        )
-    return SHAPES[shape]
-
-
-def apply_shape(
+def _finish(
     where: str,
-    norms: Tensor,
-    shape: str | Shape,
+    evaluated: Sequence[tuple[tuple[Tensor, ...], Tensor, Tensor | None, tuple[Tensor, ...]]],
+    shape: Shape,
+    check_finite: bool = False,
     *,
     weight: float,
     target: float,
@@ -525,34 +526,31 @@ def apply_shape(
     reduction: str,
     global_batch_size: int | None = None,
 ) -> Tensor:
-    per_sample = _shape(where, shape).fn(norms, target=target, ratio=ratio, xp=xp) * weight
-    return _math.reduce(per_sample, reduction, xp, count=global_batch_size)
+    """Norms → penalty shape → reduction, plus the zero term on each anchor and the opt-in
+    finite checks (each syncs with the device, hence opt-in).
 
-
-def _finish(
-    where: str,
-    grads: tuple[Tensor, ...],
-    out: Tensor,
-    anchor: Any,
-    shape: str | Shape,
-    check_finite: bool = False,
-    points: tuple[Tensor, ...] = (),
-    **kw: Any,
-) -> Tensor:
-    """Norms → penalty shape → reduction, plus the zero term on ``anchor`` and the opt-in
-    finite checks (each syncs with the device, hence opt-in)."""
-    norms = norms_from_gradients(grads)
-    if check_finite:
-        for p in points:
-            _finite(where, "an evaluation point (from real/fake)", p)
-        _finite(where, "the critic's output", out)
-        _finite(where, "the input gradient", norms.reshape(-1, 1))
-    if anchor is not None and kw.get("reduction") == "max" and _dist.active():
-        # DDP: the maximum over every rank's samples (gpreg_torch._dist)
-        value = _dist.global_max(apply_shape(where, norms, shape, **{**kw, "reduction": "none"}))
+    ``evaluated`` holds one ``(grads, scores, anchor, points)`` per set of evaluation points:
+    one set, or the real and the fake samples (``points="real_fake"``), whose per-sample terms
+    are averaged. An anchor that is a tensor (the sum of a DDP or FSDP critic's outputs) also
+    makes ``reduction="max"`` the maximum over every rank's samples.
+    """
+    per_sample = []
+    for grads, out, _, points in evaluated:
+        norms = norms_from_gradients(grads)
+        if check_finite:
+            for p in points:
+                _finite(where, "an evaluation point (from real/fake)", p)
+            _finite(where, "the critic's output", out)
+            _finite(where, "the input gradient", norms.reshape(-1, 1))
+        per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
+    values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
+    anchors = [anchor for _, _, anchor, _ in evaluated if anchor is not None]
+    distributed = any(isinstance(a, torch.Tensor) for a in anchors)
+    if distributed and reduction == "max" and _dist.active():
+        value = _dist.global_max(values)  # the maximum over every rank's samples
     else:
-        value = apply_shape(where, norms, shape, **kw)
-    if anchor is not None:
+        value = _math.reduce(values, reduction, xp, count=global_batch_size)
+    for anchor in anchors:
         value = value + _zero_term(anchor, value)
     return value
 
@@ -598,40 +596,55 @@ def evaluation_points(
     noise: Any = None,
     c: float = 0.5,
     generator: torch.Generator | None = None,
+    points: str | None = None,
+    ddof: int = 0,
+    perturbation: str = "uniform",
     ddp: bool = False,
     check_finite: bool = False,
-) -> tuple[Tensor, ...]:
-    """The points at which ``spec`` evaluates the critic, from explicit or drawn randomness.
+) -> list[tuple[Tensor, ...]]:
+    """The sets of points at which ``spec`` evaluates the critic (one, or the real and the
+    fake samples for ``points="real_fake"``), from explicit or drawn randomness.
 
     Every part keeps its own dtype: α is drawn (or converted) in the widest dtype of the
     parts and rounded to each part's own.
     """
-    if spec.points == "real":
+    kind = choose_points(where, spec, points)
+    if kind == "real":
         r = _parts(where, "real", real)
         _check_devices(where, [("real", t) for t in r])
-        return r
-    if spec.points == "fake":
+        return [r]
+    if kind == "fake":
         f = _parts(where, "fake", fake)
         _check_devices(where, [("fake", t) for t in f])
-        return f
+        return [f]
     r = _parts(where, "real", real)
-    if spec.points == "perturbed_real":
+    if kind == "perturbed_real":
         _check_devices(where, [("real", t) for t in r])
         if check_finite:  # before σ, which one bad sample makes NaN for every point
             for p in r:
                 _finite(where, "real", p, note=v.DRAGAN_SIGMA_NOTE)
-        a = _alpha(where, alpha, r, generator)
-        u = _noise(where, noise, r, generator)
+        gaussian = perturbation == "gaussian"
+        if gaussian and alpha is not None:
+            raise v.unused_alpha(where, "perturbation='gaussian'")
+        v.check_ddof(where, ddof, min(t.numel() for t in r))
+        a = None if gaussian else _alpha(where, alpha, r, generator)
+        u = _noise(where, noise, r, generator, gaussian)
         stats = _dist.GlobalStatistics() if ddp and _dist.active() else xp  # σ over every rank
-        return tuple(_points.dragan_points((p,), _in_dtype(a, p), (n,), c, stats)[0]
-                     for p, n in zip(r, u))
+        return [tuple(_points.dragan_points((p,), None if a is None else _in_dtype(a, p), (n,),
+                                            c, stats, ddof=ddof, perturbation=perturbation)[0]
+                      for p, n in zip(r, u))]
     f = _parts(where, "fake", fake)
     v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
     for i, (rt, ft) in enumerate(zip(r, f)):
         v.check_same_dtype(where, [(f"real[{i}]", str(rt.dtype)), (f"fake[{i}]", str(ft.dtype))])
     _check_devices(where, [("real", t) for t in r] + [("fake", t) for t in f])
+    if kind == "real_fake":
+        if alpha is not None:
+            raise v.unused_alpha(where, "points='real_fake'")
+        return [r, f]
     a = _alpha(where, alpha, r, generator)
-    return tuple(_points.interpolates((p,), (q,), _in_dtype(a, p), xp)[0] for p, q in zip(r, f))
+    return [tuple(_points.interpolates((p,), (q,), _in_dtype(a, p), xp)[0]
+                  for p, q in zip(r, f))]
 
 
 def run(
@@ -656,34 +669,43 @@ def run(
     global_batch_size: int | None = None,
     check_finite: bool = False,
     package: str = "gpreg_torch",
+    points: str | None = None,
+    shape: str | Shape | None = None,
+    shape_params: dict[str, Any] | None = None,
+    ddof: int = 0,
+    perturbation: str = "uniform",
 ) -> Tensor:
     """Compute the penalty that ``spec`` describes (the body of every public function).
 
-    ``package`` only names the caller in error messages (gpreg_keras on its torch backend
-    runs this same code).
+    ``points`` picks one of the spec's ``point_options``; ``shape`` replaces the spec's shape
+    (DRAGAN's ``shape=``) and ``shape_params`` sets its parameters (WGAN-div's ``p``);
+    ``ddof`` and ``perturbation`` are DRAGAN's. ``package`` only names the caller in error
+    messages (gpreg_keras on its torch backend runs this same code).
     """
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"{package}.{spec.name}"
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
+    shp = resolve_spec_shape(where, spec, shape, shape_params)
     w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
     t = spec.default_target if target is None else target
-    t = v.check_target(where, t, bool(ratio)) if spec.uses_target else float(t)
+    t = v.check_target(where, t, bool(ratio)) if shp.uses_target else float(t)
     red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
-    pts = evaluation_points(
+        v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
+    sets = evaluation_points(
         spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c, generator=generator,
-        ddp=_is_ddp(critic),
+        points=points, ddof=ddof, perturbation=perturbation, ddp=_is_ddp(critic),
         check_finite=check_finite,
     )
-    call = call_options(where, args, kwargs, output, pts[0].shape[0])
-    grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
-    return _finish(where, grads, out, anchor, spec.shape, check_finite, pts,
-                   weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
-                   global_batch_size=gbs)
+    call = call_options(where, args, kwargs, output, sets[0][0].shape[0])
+    evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)
+                 for pts in sets]
+    return _finish(where, evaluated, shp, check_finite, weight=spec.weight_factor * w,
+                   target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
 def generic(
@@ -710,12 +732,12 @@ def generic(
     t = v.check_target(where, target, bool(ratio))
     red = v.check_reduction(where, reduction)
     gbs = v.check_global_batch_size(where, red, global_batch_size)
-    shape_obj = _shape(where, shape)
+    shape_obj = resolve_shape(where, shape)
     pts = _parts(where, "points", points)
     _check_devices(where, [("points", p) for p in pts])
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
-    grads, out, anchor = input_gradients(where, critic, pts, create_graph, scaler, call)
-    return _finish(where, grads, out, anchor, shape_obj, check_finite, pts, weight=w, target=t,
+    evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)]
+    return _finish(where, evaluated, shape_obj, check_finite, weight=w, target=t,
                    ratio=bool(ratio), reduction=red, global_batch_size=gbs)
 
 
@@ -792,6 +814,7 @@ def from_scores(
     create_graph = create_graph and torch.is_grad_enabled()
     total = scores.sum()
     grads = _gradient_of_scores(where, total, parts, create_graph, scale, retain_graph=True)
-    return _finish(where, grads, scores, total if create_graph else None, spec.shape,
-                   check_finite, parts, weight=spec.weight_factor * w, target=t,
-                   ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    anchor = total if create_graph else None
+    return _finish(where, [(grads, scores, anchor, parts)], spec.shape_obj, check_finite,
+                   weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
+                   global_batch_size=gbs)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gpreg import fixtures
 from gpreg.fixtures import Case, Fixture
 
 
@@ -85,9 +86,6 @@ def case_arguments(
     fixture: Fixture, case: Case, dtype: torch.dtype, device: Any = "cpu"
 ) -> tuple[tuple, dict[str, Any]]:
     """Positional data arguments and keyword options that reproduce ``case`` exactly."""
-    from gpreg import get_spec
-
-    spec = get_spec(case.penalty)
     real = tensors(fixture.real, dtype, device)
     fake = tensors(fixture.fake, dtype, device)
     alpha = torch.as_tensor(fixture.alpha, dtype=dtype, device=device)
@@ -96,14 +94,10 @@ def case_arguments(
     def one(parts: tuple) -> Any:
         return parts[0] if len(parts) == 1 else parts
 
-    kwargs = dict(case.kwargs)
-    if spec.points == "interpolates":
-        return (one(real), one(fake)), {**kwargs, "alpha": alpha}
-    if spec.points == "real":
-        return (one(real),), kwargs
-    if spec.points == "fake":
-        return (one(fake),), kwargs
-    return (one(real),), {**kwargs, "alpha": alpha, "noise": one(noise)}
+    roles, randomness = fixtures.arguments(case)
+    data = {"real": one(real), "fake": one(fake)}
+    draws = {"alpha": alpha, "noise": one(noise)}
+    return tuple(data[r] for r in roles), {**case.kwargs, **{k: draws[k] for k in randomness}}
 
 
 def run_case(

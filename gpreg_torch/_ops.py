@@ -29,6 +29,6 @@ def sum(x: Any, axis: Any = None) -> Any:
     return torch.sum(x) if axis is None else torch.sum(x, dim=axis)
 
 
-def std(x: Any) -> Any:
-    """Population standard deviation (ddof 0) of all elements."""
-    return torch.std(x, correction=0)
+def std(x: Any, ddof: int = 0) -> Any:
+    """Standard deviation of all elements (population for ``ddof=0``, unbiased for 1)."""
+    return torch.std(x, correction=ddof)

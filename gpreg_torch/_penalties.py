@@ -43,7 +43,17 @@ EXAMPLES: dict[str, str] = {
         tensor(8.)""",
     "dragan": """        >>> import torch, gpreg_torch as gp
         >>> gp.dragan(lambda x: 2 * x.sum(dim=1), torch.randn(3, 4), alpha=torch.zeros(3))
-        tensor(90.)""",
+        tensor(90.)
+        >>> critic = lambda x: 2 * x.sum(dim=1)          # the norm is 4 everywhere
+        >>> gp.dragan(critic, torch.randn(3, 4), shape="squared", perturbation="gaussian")
+        tensor(160.)""",
+    "wgan_div": """        >>> import torch, gpreg_torch as gp
+        >>> critic = lambda x: x.sum(dim=1) / 2          # input gradient (1/2, ...), norm 1
+        >>> real, fake = torch.ones(3, 4), torch.zeros(3, 4)
+        >>> gp.wgan_div(critic, real, fake)                # k * 1 ** 6
+        tensor(2.)
+        >>> gp.wgan_div(lambda x: x.sum(dim=1), real, fake, points="real_fake", p=2.0)
+        tensor(8.)""",
     "gradient_penalty": """        >>> import torch, gpreg_torch as gp
         >>> gp.gradient_penalty(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4), shape="squared")
         tensor(16.)
@@ -248,6 +258,9 @@ def dragan(
     target: float = 1.0,
     c: float = 0.5,
     ratio: bool = False,
+    shape: str | Shape = "two_sided",
+    perturbation: str = "uniform",
+    ddof: int = 0,
     alpha: Tensor | float | None = None,
     noise: Points | None = None,
     generator: torch.Generator | None = None,
@@ -262,7 +275,38 @@ def dragan(
 ) -> Tensor:
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
+        shape=shape, perturbation=perturbation, ddof=ddof,
         alpha=alpha, noise=noise, generator=generator,
+        args=args, kwargs=kwargs, output=output, reduction=reduction,
+        create_graph=create_graph,
+        scaler=scaler, global_batch_size=global_batch_size,
+        check_finite=check_finite,
+    )
+
+
+@_documented("wgan_div")
+def wgan_div(
+    critic: Critic,
+    real: Points,
+    fake: Points,
+    *,
+    k: float = 2.0,
+    p: float = 6.0,
+    points: str = "interpolates",
+    alpha: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Output = None,
+    reduction: str = "mean",
+    create_graph: bool = True,
+    scaler: Any = None,
+    global_batch_size: int | None = None,
+    check_finite: bool = False,
+) -> Tensor:
+    return _core.run(
+        "wgan_div", critic, real=real, fake=fake, weight=k, shape_params={"p": p},
+        points=points, alpha=alpha, generator=generator,
         args=args, kwargs=kwargs, output=output, reduction=reduction,
         create_graph=create_graph,
         scaler=scaler, global_batch_size=global_batch_size,
@@ -391,7 +435,7 @@ def from_scores(
 
 
 _PUBLIC: dict[str, Callable[..., Tensor]] = {
-    f.__name__: f for f in (wgan_gp, wgan_lp, zero_gp, r1, r2, dragan, max_gp)
+    f.__name__: f for f in (wgan_gp, wgan_lp, zero_gp, r1, r2, dragan, max_gp, wgan_div)
 }
 assert set(_PUBLIC) == set(BUILTIN_NAMES)
 

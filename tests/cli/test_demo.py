@@ -55,7 +55,7 @@ def metrics(stdout: str) -> list[list[str]]:
 
 def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     """Two penalties: trained in 2 worker processes (the default on 2+ cores)."""
-    proc = demo("--steps", "3", "--penalties", "wgan_gp,r1", "--jobs", "2", cwd=tmp_path)
+    proc = demo("--steps", "3", "--penalties", "wgan_gp,r1,wgan_div", "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "gpreg-demo.png"  # the default: in the current folder
     width, height = png_size(out)
@@ -69,7 +69,8 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
                 "wall time"):
         assert col in head
     rows = metrics(proc.stdout)
-    assert [r[0] for r in rows] == ["wgan_gp", "r1"] and [r[1] for r in rows] == ["wgan", "ns"]
+    assert [r[0] for r in rows] == ["wgan_gp", "r1", "wgan_div"]
+    assert [r[1] for r in rows] == ["wgan", "ns", "wgan"]
     assert "3/3 steps" in proc.stderr and "2 at a time" in proc.stderr  # progress
     assert NO_PENALTY_NOTE.splitlines()[0] not in proc.stdout  # no "none" run, no note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpreg-demo.png"]  # no temp files
@@ -77,8 +78,8 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     from gpreg.demo import Progress, metrics_table, train_all
     from gpreg.demo._common import Config
 
-    runs = train_all("torch", ["wgan_gp", "r1"], Config(steps=3), jobs=1,
-                     progress=Progress(["wgan_gp", "r1"], 3, stream=io.StringIO()))
+    runs = train_all("torch", ["wgan_gp", "r1", "wgan_div"], Config(steps=3), jobs=1,
+                     progress=Progress(["wgan_gp", "r1", "wgan_div"], 3, stream=io.StringIO()))
     assert metrics(metrics_table(runs, "ring")) == rows
     other = train_all("torch", ["r1"], Config(steps=3, seed=1), jobs=1,
                       progress=Progress(["r1"], 3, stream=io.StringIO()))
@@ -212,7 +213,7 @@ def test_the_progress_line_fits_the_terminal(monkeypatch):
         progress.done[i] = (400, 1.0)
     monkeypatch.setenv("COLUMNS", "80")
     line = progress.status_line(12.0)
-    assert len(line) < 80 and line.startswith("0/8 done, 12 s: wgan_gp 50%")
+    assert len(line) < 80 and line.startswith(f"0/{len(labels)} done, 12 s: wgan_gp 50%")
     monkeypatch.setenv("COLUMNS", "400")
     assert "wgan_gp |##########----------|" in progress.status_line(12.0)
 
@@ -309,12 +310,12 @@ TENSORFLOW_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
 @pytest.mark.parametrize(("backend", "jobs"), [("tensorflow", "1"), ("jax", "2"), ("torch", "1")])
 def test_keras_backend(tmp_path, backend, jobs):
     """``--backend keras`` on each Keras backend: a tf.function step, a jitted stateless step
-    and an eager torch step (two penalties, one drawing points with a seed), in this process
-    or in worker processes."""
+    and an eager torch step (three penalties, two drawing points with a seed), in this
+    process or in worker processes."""
     if not (importlib.util.find_spec("keras") and importlib.util.find_spec(backend)):
         pytest.skip(f"needs keras and {backend}")
-    proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1", "--jobs", jobs,
-                "--out", "k.png", cwd=tmp_path, env={"KERAS_BACKEND": backend})
+    proc = demo("--backend", "keras", "--steps", "2", "--penalties", "dragan,r1,wgan_div",
+                "--jobs", jobs, "--out", "k.png", cwd=tmp_path, env={"KERAS_BACKEND": backend})
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Keras imports TensorFlow on every backend (when installed): none of its start-up log
     # lines (oneDNN, CUDA drivers, "failed call to cuInit") reach the demo's output
@@ -322,7 +323,7 @@ def test_keras_backend(tmp_path, backend, jobs):
     assert "absl::InitializeLog" not in proc.stderr and "cuInit" not in proc.stderr
     assert f"keras {importlib.metadata.version('keras')} on {backend}" in proc.stderr
     rows = metrics(proc.stdout)
-    assert [r[:2] for r in rows] == [["dragan", "wgan"], ["r1", "ns"]]
+    assert [r[:2] for r in rows] == [["dragan", "wgan"], ["r1", "ns"], ["wgan_div", "wgan"]]
     assert all(float(r[-1]) > 0 for r in rows)  # the mean gradient norm at interpolates
     assert png_size(tmp_path / "k.png")[0] > 0
 

@@ -101,6 +101,51 @@ def test_lazy_active_accepts_integer_scalars():
     assert lazy.active(np.int64(8)) and not lazy.active(np.int32(3)) and lazy.active(0)
 
 
+def test_power_shape_closed_form_and_exact_at_zero():
+    n = np.array([0.0, 1e-200, 0.5, 2.0, 3.0])
+    for p in (1.0, 1.5, 2.0, 6.0):
+        with np.errstate(divide="raise", invalid="raise"):  # no 0 ** negative, no inf * 0
+            got = _math.power(n, target=1.0, ratio=False, xp=np, p=p)
+        assert_close(got, n**p, "float64")
+    assert np.isnan(_math.power(np.array([np.nan]), target=1.0, ratio=False, xp=np, p=6.0))[0]
+    shape = gpreg.SHAPES["power"].with_params(p=3.0)
+    assert_close(shape(n, target=1.0, ratio=False, xp=np), n**3, "float64")
+    assert gpreg.SHAPES["power"].params == (("p", 6.0),) and shape.params == (("p", 3.0),)
+
+
+def test_shape_parameters_are_checked():
+    power = gpreg.SHAPES["power"]
+    with pytest.raises(ValueError, match="p must be at least 1; got 0.5"):
+        power.with_params(p=0.5)
+    with pytest.raises(TypeError, match="has no parameter"):
+        power.with_params(q=2.0)
+    with pytest.raises(TypeError, match="has no parameter"):
+        gpreg.SHAPES["squared"].with_params(p=2.0)
+    with pytest.raises(TypeError, match="must be a Python number"):
+        power.with_params(p="6")
+    assert power.with_params(p=1).params == (("p", 1.0),)
+
+
+def test_resolve_shape():
+    from gpreg._specs import resolve_shape
+
+    assert resolve_shape("w", "power") is gpreg.SHAPES["power"]
+    own = gpreg.Shape("cubed", lambda n, **_: n**3, False, "n^3")
+    assert resolve_shape("w", own) is own
+    with pytest.raises(ValueError, match="unknown shape 'cube'; expected one of one_sided, "
+                                         "power, squared, two_sided"):
+        resolve_shape("w", "cube")
+    with pytest.raises(TypeError, match="shape must be a name"):
+        resolve_shape("w", 3)
+
+
+def test_real_fake_mean_is_the_mixture_mean():
+    at_real, at_fake = np.array([1.0, 3.0]), np.array([5.0, 7.0])
+    per_sample = _math.real_fake_mean(at_real, at_fake)
+    assert_close(per_sample, [3.0, 5.0], "float64")
+    assert np.mean(per_sample) == np.mean(np.concatenate([at_real, at_fake]))
+
+
 def test_reductions():
     x = np.array([1.0, 4.0, 2.0])
     assert _math.reduce(x, "mean", np) == pytest.approx(7 / 3)
@@ -127,17 +172,86 @@ def test_dragan_points_use_population_std_of_the_batch():
     assert_close(x, real[0] + 0.5 * sigma * alpha[:, None], "float64")
 
 
+def test_dragan_points_unbiased_std_and_gaussian():
+    real = (np.array([[1.0, 3.0], [5.0, 7.0]]), np.array([[2.0], [4.0]]))
+    noise = (np.ones((2, 2)), np.full((2, 1), -1.0))
+    alpha = np.array([1.0, 0.5])
+    x, y = _points.dragan_points(real, alpha, noise, 0.5, np, ddof=1)
+    sigma = np.sqrt(20.0 / 3.0)  # unbiased: sum of squared deviations 20 over 4 - 1
+    assert_close(x, real[0] + 0.5 * sigma * alpha[:, None], "float64")
+    assert_close(y, real[1] - 0.5 * np.sqrt(2.0) * alpha[:, None], "float64")  # per part
+    # the paper's delta ~ N(0, c I): c is the variance, the noise is scaled by sqrt(c)
+    x, y = _points.dragan_points(real, None, noise, 0.25, np, perturbation="gaussian")
+    assert_close(x, real[0] + 0.5, "float64")
+    assert_close(y, real[1] - 0.5, "float64")
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        _points.dragan_points(real, alpha, noise, 0.5, np, perturbation="normal")
+
+
+def test_batch_std_matches_numpy():
+    x = np.random.default_rng(0).standard_normal((3, 4, 5))
+    for ddof in (0, 1):
+        assert_close(_points.batch_std(x, ddof, np), np.std(x, ddof=ddof), "float64")
+
+
+def test_wgan_div_spec():
+    s = gpreg.get_spec("wgan_div")
+
+    assert (s.points, s.point_options) == ("interpolates", ("interpolates", "real_fake"))
+    assert (s.weight_name, s.default_weight, s.weight_factor) == ("k", 2.0, 1.0)
+    assert s.shape_obj.name == "power" and s.shape_params == {"p": 6.0}
+    assert not s.uses_target and s.arxiv == "1712.01026"
+    with pytest.raises(ValueError, match="point_options must list"):
+        gpreg.PenaltySpec("x", "real", "squared", point_options=("fake", "real"))
+    with pytest.raises(ValueError, match="point_options must list"):
+        gpreg.PenaltySpec("x", "real", "squared", point_options=("real", "middle"))
+
+
+def test_choose_points_and_the_shape_of_a_call():
+    from gpreg._specs import choose_points, resolve_spec_shape
+
+    div, r1 = gpreg.get_spec("wgan_div"), gpreg.get_spec("r1")
+    assert choose_points("w", div, None) == "interpolates"
+    assert choose_points("w", div, "real_fake") == "real_fake"
+    assert choose_points("w", r1, "real") == "real"
+    with pytest.raises(ValueError, match="unknown points 'fake'; expected one of"):
+        choose_points("w", div, "fake")
+    with pytest.raises(ValueError, match="r1 is always evaluated at 'real'"):
+        choose_points("w", r1, "fake")
+    assert resolve_spec_shape("w", div).params == (("p", 6.0),)
+    assert resolve_spec_shape("w", div, params={"p": 2.5}).params == (("p", 2.5),)
+    dragan = gpreg.get_spec("dragan")
+    assert resolve_spec_shape("w", dragan).name == "two_sided"
+    assert resolve_spec_shape("w", dragan, "one_sided").name == "one_sided"
+    with pytest.raises(ValueError, match="w: p must be at least 1"):
+        resolve_spec_shape("w", div, params={"p": 0.0})
+
+
+def test_bind_routes_shape_parameters_and_real_fake_roles():
+    from gpreg._specs import bind
+
+    spec = gpreg.PenaltySpec("div_plugin", "real_fake", gpreg.SHAPES["power"], weight_name="k")
+    calls = []
+    fn = bind(spec, lambda spec, critic, **kw: calls.append(kw), "pkg")
+    fn("D", "R", "F", k=3.0, p=4.0, reduction="sum")
+    assert calls == [{"real": "R", "fake": "F", "weight": 3.0, "reduction": "sum",
+                      "shape_params": {"p": 4.0}}]
+    with pytest.raises(TypeError, match="takes critic, real, fake"):
+        fn("D", "R")
+
+
 def test_spec_table_matches_design():
     s = {n: gpreg.get_spec(n) for n in gpreg.BUILTIN_NAMES}
     assert [s[n].points for n in ("wgan_gp", "wgan_lp", "zero_gp", "r1", "r2", "dragan",
-                                  "max_gp")] == ["interpolates"] * 3 + ["real", "fake",
-                                                                        "perturbed_real",
-                                                                        "interpolates"]
+                                  "max_gp", "wgan_div")] == ["interpolates"] * 3 + [
+        "real", "fake", "perturbed_real", "interpolates", "interpolates"]
+    assert s["wgan_div"].point_options == ("interpolates", "real_fake")
     assert s["r1"].weight_name == "gamma" and s["r1"].weight_factor == 0.5
     assert s["max_gp"].default_reduction == "max"
     assert {n: s[n].arxiv for n in s} == {
         "wgan_gp": "1704.00028", "wgan_lp": "1709.08894", "zero_gp": "1902.03984",
         "r1": "1801.04406", "r2": "1801.04406", "dragan": "1705.07215", "max_gp": "1902.05687",
+        "wgan_div": "1712.01026",
     }
 
 
@@ -199,7 +313,8 @@ def test_entry_point_plugin_from_an_installed_distribution(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     out = json.loads(res.stdout)
-    assert out["names"][:7] == list(gpreg.BUILTIN_NAMES) and "huber_gp" in out["names"]
+    builtins = len(gpreg.BUILTIN_NAMES)
+    assert out["names"][:builtins] == list(gpreg.BUILTIN_NAMES) and "huber_gp" in out["names"]
     assert out["shape"] == "one_sided" and out["weight"] == 3.0
     if "value" in out:
         assert out["value"] == pytest.approx(3.0 * (3 * np.sqrt(2) - 1) ** 2)
@@ -218,7 +333,7 @@ def test_broken_plugin_warns_and_builtins_survive(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     lines = res.stdout.splitlines()
-    assert lines[0] == "7 True"
+    assert lines[0] == f"{len(gpreg.BUILTIN_NAMES)} True"
     assert "failed to load" in lines[1] and "ModuleNotFoundError" in lines[1]
 
 
@@ -230,6 +345,23 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="different batch sizes"):
         v.check_parts("f", "real", [(2, 3), (3, 1)])
     assert v.check_scalar("f", "weight", np.float32(2.5)) == 2.5
+    with pytest.raises(ValueError, match=r"f: p must be at least 1; got 0\.9\. The derivative"):
+        v.check_power("f", 0.9)
+    assert v.check_power("f", 1) == 1.0
+    with pytest.raises(ValueError, match="ddof must be 0 .* or 1"):
+        v.check_ddof("f", 2, 10)
+    with pytest.raises(ValueError, match="ddof must be"):
+        v.check_ddof("f", True, 10)
+    with pytest.raises(ValueError, match="needs more than 1 element"):
+        v.check_ddof("f", 1, 1)
+    assert v.check_ddof("f", 1, None) == 1
+    with pytest.raises(ValueError, match="unknown perturbation 'normal'; expected one of "
+                                         "'uniform', 'gaussian'"):
+        v.check_choice("f", "perturbation", "normal", ("uniform", "gaussian"))
+    assert "alpha is not used with perturbation='gaussian'" in str(
+        v.unused_alpha("f", "perturbation='gaussian'"))
+    assert "alpha is not used with points='real_fake'" in str(
+        v.unused_alpha("f", "points='real_fake'"))
 
 
 def test_tolerance_table():

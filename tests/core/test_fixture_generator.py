@@ -57,7 +57,9 @@ def test_stored_document_layout(gen: ModuleType) -> None:
         assert [case["id"] for case in fixture["cases"]] == ids
         batch = fixture["input_shapes"][0][0]
         for case in fixture["cases"]:
-            assert case["norms"]["shape"] == [batch]
+            both = case["kwargs"].get("points") == "real_fake"  # real and fake: 2B norms
+            assert case["norms"]["shape"] == [2 * batch if both else batch]
+            assert case["per_sample"]["shape"] == [batch]
             assert list(case["grads"]) == list(fixture["params"])
             per_sample = np.array(case["per_sample"]["data"])
             reduce = np.max if case["reduction"] == "max" else np.mean
@@ -179,3 +181,93 @@ def test_second_slot_against_finite_differences(gen: ModuleType) -> None:
         fd = (shifted[0] - shifted[1]) / (2 * step)
         np.testing.assert_allclose(dnorms[:, k], fd, rtol=1e-6, atol=1e-8)
     assert np.all(norms > 0)
+
+
+def test_power_shape_closed_form(gen: ModuleType) -> None:
+    """n**p and p n**(p - 1), with 0 (not NaN or inf) at n = 0 for p in [1, 2)."""
+    n = np.array([0.0, 0.5, 1.0, 2.0])
+    for p in (1.0, 1.5, 6.0):
+        with np.errstate(all="raise"):
+            value, slope = gen.shape_of_norm("power", {"p": p}, n)
+        np.testing.assert_allclose(value, n**p, rtol=1e-15)
+        np.testing.assert_allclose(slope[1:], p * n[1:] ** (p - 1), rtol=1e-15)
+        assert slope[0] == 0.0
+
+
+def _closed_form_penalty(case_id: str, kwargs: dict[str, Any], norms: np.ndarray) -> np.ndarray:
+    """The per-sample penalty of the new cases, written out again from their formulas."""
+    if case_id.startswith("wgan_div"):
+        k, p = kwargs["k"], kwargs["p"]
+        if kwargs.get("points") == "real_fake":
+            half = norms.size // 2
+            return k * (norms[:half] ** p + norms[half:] ** p) / 2
+        return k * norms**p
+    weight = kwargs["weight"]
+    if kwargs.get("shape") == "squared":
+        return weight * norms**2
+    if kwargs.get("shape") == "one_sided":
+        return weight * np.maximum(norms - kwargs["target"], 0.0) ** 2
+    return weight * (norms - kwargs["target"]) ** 2
+
+
+def _closed_form_points(fixture: dict[str, Any], kwargs: dict[str, Any]) -> list[np.ndarray]:
+    arr = {k: [np.array(a["data"]).reshape(a["shape"]) for a in fixture[k]]
+           for k in ("real", "fake", "noise")}
+    alpha = np.array(fixture["alpha"]["data"])
+    if kwargs.get("points") == "real_fake":
+        return [np.concatenate([r, f]) for r, f in zip(arr["real"], arr["fake"])]
+    if "k" in kwargs:  # wgan_div at interpolates
+        return [alpha.reshape((-1,) + (1,) * (r.ndim - 1)) * r
+                + (1 - alpha.reshape((-1,) + (1,) * (r.ndim - 1))) * f
+                for r, f in zip(arr["real"], arr["fake"])]
+    if kwargs.get("perturbation") == "gaussian":  # delta ~ N(0, c I): standard deviation sqrt(c)
+        return [r + np.sqrt(kwargs["c"]) * u for r, u in zip(arr["real"], arr["noise"])]
+    ddof = kwargs.get("ddof", 0)
+    out = []
+    for r, u in zip(arr["real"], arr["noise"]):
+        flat = r.ravel()
+        sigma = np.sqrt(np.sum((flat - flat.mean()) ** 2) / (flat.size - ddof))
+        out.append(r + alpha.reshape((-1,) + (1,) * (r.ndim - 1)) * kwargs["c"] * sigma * u)
+    return out
+
+
+NEW_CASES = ("wgan_div", "wgan_div_real_fake", "wgan_div_p15", "dragan_ddof1",
+             "dragan_gaussian", "dragan_lp", "dragan_zero")
+
+
+@pytest.mark.parametrize("case_id", NEW_CASES)
+def test_new_cases_against_closed_forms_and_finite_differences(
+    gen: ModuleType, case_id: str
+) -> None:
+    """WGAN-div and the DRAGAN variants on the smooth tanh MLP: the stored points, per-sample
+    values and value from their formulas, and the stored parameter gradient against central
+    differences of that value (the norms recomputed by the generator's first-order slot)."""
+    with open(gen.DEFAULT_PATH, encoding="utf-8") as handle:
+        document = json.load(handle)
+    fixture = next(f for f in document["fixtures"] if f["name"] == "mlp_tanh")
+    case = next(c for c in fixture["cases"] if c["id"] == case_id)
+    kwargs = case["kwargs"]
+    points = _closed_form_points(fixture, kwargs)
+    for stored, expected in zip(case["points"], points):
+        np.testing.assert_allclose(np.array(stored["data"]).reshape(stored["shape"]), expected,
+                                   rtol=1e-14, atol=1e-14)
+    params = {k: np.array(v["data"]).reshape(v["shape"]) for k, v in fixture["params"].items()}
+
+    def value(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        g, _ = gen.input_gradients(fixture["layers"], gen._split(flat, params), points)
+        per_sample = _closed_form_penalty(case_id, kwargs, np.linalg.norm(g, axis=1))
+        return float(np.mean(per_sample)), per_sample
+
+    flat = np.concatenate([p.ravel() for p in params.values()])
+    v0, per_sample = value(flat)
+    np.testing.assert_allclose(per_sample, case["per_sample"]["data"], rtol=1e-12)
+    assert case["value"] == pytest.approx(v0, rel=1e-12)
+    stored = np.concatenate([np.array(case["grads"][k]["data"]) for k in params])
+    step = 1e-6
+    fd = np.empty_like(flat)
+    for k in range(flat.size):
+        up, down = flat.copy(), flat.copy()
+        up[k] += step
+        down[k] -= step
+        fd[k] = (value(up)[0] - value(down)[0]) / (2 * step)
+    np.testing.assert_allclose(stored, fd, rtol=1e-6, atol=1e-8 * np.max(np.abs(fd)))

@@ -77,6 +77,17 @@ def t(x):
         (lambda c: gp.wgan_gp(c, t(REAL), t(FAKE), target=float("nan")), ValueError,
          "target must be a finite"),
         (lambda c: gp.get_penalty("wgan"), KeyError, "known penalties: wgan_gp"),
+        (lambda c: gp.wgan_div(c, t(REAL), t(FAKE), p=0.5), ValueError, "p must be at least 1"),
+        (lambda c: gp.wgan_div(c, t(REAL), t(FAKE), points="real"), ValueError,
+         "unknown points 'real'; expected one of 'interpolates', 'real_fake'"),
+        (lambda c: gp.wgan_div(c, t(REAL), t(FAKE), points="real_fake", alpha=0.5), ValueError,
+         "alpha is not used with points='real_fake'"),
+        (lambda c: gp.dragan(c, t(REAL), perturbation="gaussian", alpha=0.5), ValueError,
+         "alpha is not used with perturbation='gaussian'"),
+        (lambda c: gp.dragan(c, t(REAL), perturbation="normal"), ValueError,
+         "unknown perturbation 'normal'"),
+        (lambda c: gp.dragan(c, t(REAL), ddof=2), ValueError, "ddof must be 0"),
+        (lambda c: gp.dragan(c, t(REAL), shape="cubic"), ValueError, "unknown shape 'cubic'"),
     ],
 )
 def test_same_errors_as_torch(call, exc, pattern):
@@ -147,7 +158,8 @@ def test_zero_input_gradient_is_finite(name):
     from gpreg_keras._fixture import penalty_and_grads
 
     fn = gp.get_penalty(name)
-    args = (t(REAL), t(FAKE)) if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp") else (
+    args = (t(REAL), t(FAKE)) if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp",
+                                         "wgan_div") else (
         (t(FAKE),) if name == "r2" else (t(REAL),))
     value, grads = penalty_and_grads(model, fn, args, {"seed": 1} if name not in (
         "r1", "r2") else {})

@@ -145,6 +145,8 @@ def check(name, model, real, fake, twin, mode, **kw):
         kw["noise"] = one(tensors(noise))
     if name not in ("r1", "r2"):
         kw.setdefault("seed", 0)
+    if name == "wgan_div":
+        kw.setdefault("k", 10.0)  # the reference's weight
     value, grads = penalty_and_grads(model, gp.get_penalty(name), data, kw, mode)
     leaves = weights(model)
     w = named(model, leaves)
@@ -185,7 +187,7 @@ def test_multi_input_models(name, kind, n, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "r1", "r2",
-                                  "dragan"])
+                                  "dragan", "wgan_div"])
 def test_conditional_critic_with_labels(name, training, mode):
     keras.utils.set_random_seed(4)
     model = Labelled()

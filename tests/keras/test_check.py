@@ -319,7 +319,7 @@ if ON_TF:
     def penalty_args(name, convert):
         alpha = np.linspace(0.1, 0.9, 6)
         noise = np.random.default_rng(3).uniform(size=REAL.shape)
-        if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp"):
+        if name in ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "wgan_div"):
             return (convert(REAL), convert(FAKE)), {"alpha": convert(alpha)}
         if name == "r2":
             return (convert(FAKE),), {}

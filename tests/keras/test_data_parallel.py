@@ -30,7 +30,15 @@ REAL = RNG.normal(size=(B, 5)) * SCALE
 FAKE = RNG.normal(size=(B, 5))
 ALPHA = RNG.uniform(size=B)
 NOISE = RNG.uniform(size=(B, 5))
-MEAN = ("wgan_gp", "wgan_lp", "zero_gp", "r1", "r2", "dragan")
+MEAN = ("wgan_gp", "wgan_lp", "zero_gp", "r1", "r2", "dragan", "wgan_div")
+#: variants checked besides the built-ins: name -> (penalty, options)
+VARIANTS = {"dragan_ddof1": ("dragan", {"ddof": 1})}
+NAMES = (*BUILTIN_NAMES, *VARIANTS)
+
+
+def resolve(name):
+    """``(penalty, options)`` of a built-in or a variant."""
+    return VARIANTS.get(name, (name, {}))
 
 
 def model_fn(dtype):
@@ -47,8 +55,11 @@ def reference(model, name):
     def twin(x):
         return torch.tanh(x @ leaves[0] + leaves[1]) @ leaves[2] + leaves[3]
 
-    value, grads, _ = penalty(name, twin, leaves, [as64(REAL)], [as64(FAKE)],
-                              alpha=as64(ALPHA), noise=[as64(NOISE)])
+    base, options = resolve(name)
+    weight = 2.0 if base == "wgan_div" else 10.0  # the penalties' defaults
+    value, grads, _ = penalty(base, twin, leaves, [as64(REAL)], [as64(FAKE)],
+                              alpha=as64(ALPHA), noise=[as64(NOISE)], weight=weight,
+                              ddof=options.get("ddof", 0))
     return value, grads
 
 
@@ -95,12 +106,13 @@ if BACKEND == "tensorflow":
             with strategy.scope():
                 model = t.model_fn("float64")
             result = {{"weights": [v.numpy().tolist() for v in model.trainable_variables]}}
-            for name in t.BUILTIN_NAMES:
-                kw = {{"global_batch_size": t.B}} if name in t.MEAN else {{}}
-                fn = gp.get_penalty(name)
+            for name in t.NAMES:
+                base, options = t.resolve(name)
+                kw = {{"global_batch_size": t.B, **options}} if base in t.MEAN else options
+                fn = gp.get_penalty(base)
 
                 def replica(real, fake, alpha, noise):
-                    args, extra = t.arguments(name, real, fake, alpha, noise)
+                    args, extra = t.arguments(base, real, fake, alpha, noise)
                     with tf.GradientTape() as tape:
                         value = fn(model, *args, **extra, **kw)
                     grads = tape.gradient(value, model.trainable_variables)
@@ -124,7 +136,7 @@ if BACKEND == "tensorflow":
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(out.read_text())
 
-    @pytest.mark.parametrize("name", BUILTIN_NAMES)
+    @pytest.mark.parametrize("name", NAMES)
     def test_mirrored_strategy_equals_one_device_for_every_penalty(mirrored, name):
         """Issue 14.7: under MirroredStrategy max_gp applied the sum of the per-replica maxima
         and DRAGAN used each replica's σ. Now each replica returns its share (summed over the

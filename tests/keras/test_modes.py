@@ -11,7 +11,9 @@ from gpreg_keras._fixture import build_critic, case_arguments, penalty_and_grads
 
 BACKEND = keras.backend.backend()
 PICK = [("mlp_layernorm", "wgan_gp"), ("conv", "r1"), ("two_input", "dragan"),
-        ("patch_map", "wgan_lp"), ("zero_grad", "max_gp"), ("batch1", "r2")]
+        ("patch_map", "wgan_lp"), ("zero_grad", "max_gp"), ("batch1", "r2"),
+        ("mlp_layernorm", "wgan_div_real_fake"), ("zero_grad", "wgan_div_p15"),
+        ("two_input", "dragan_gaussian"), ("image_mlp", "dragan_ddof1")]
 MODES = {"tensorflow": ["function", "xla"], "jax": ["function"], "torch": []}[BACKEND]
 
 

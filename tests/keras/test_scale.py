@@ -12,7 +12,7 @@ from gpreg import BUILTIN_NAMES
 from gpreg._tolerances import assert_close
 
 BACKEND = keras.backend.backend()
-INTERP = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp")
+INTERP = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "wgan_div")  # real, fake and alpha
 rng = np.random.default_rng(0)
 REAL = rng.normal(size=(8, 6)).astype("float32")
 FAKE = rng.normal(size=(8, 6)).astype("float32")

@@ -26,10 +26,47 @@ from hypothesis import strategies as st
 from gpreg.fixtures import Case, Fixture
 from gpreg.fixtures import generate as ref
 
-PENALTIES = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "r1", "r2", "dragan")
+PENALTIES = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "r1", "r2", "dragan", "wgan_div")
 #: penalties that evaluate the critic at interpolates and take ``alpha``
 INTERPOLATING = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp")
 USES_TARGET = ("wgan_gp", "wgan_lp", "dragan")
+#: DRAGAN's shapes, and WGAN-div's exponents (1 and 1.5: the exact-at-zero cases below 2)
+DRAGAN_SHAPES = ("two_sided", "one_sided", "squared")
+POWERS = (1.0, 1.5, 2.0, 3.0, 6.0)
+
+
+#: WGAN-div's and DRAGAN's variants, each checked on drawn critics by its own property test
+#: (the drawn mix of ``cases`` reaches each of them only now and then)
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("wgan_div", {"k": 2.0, "p": 6.0}),
+    ("wgan_div", {"k": 3.0, "p": 1.5, "points": "real_fake"}),
+    ("wgan_div", {"k": 0.5, "p": 1.0}),
+    ("dragan", {"weight": 10.0, "c": 0.5, "ddof": 1, "target_factor": 0.75}),
+    ("dragan", {"weight": 5.0, "c": 0.3, "perturbation": "gaussian", "target_factor": 1.5,
+                "ratio": True}),
+    ("dragan", {"weight": 10.0, "c": 0.5, "ddof": 1, "shape": "one_sided",
+                "target_factor": 0.75}),
+    ("dragan", {"weight": 2.0, "c": 1.0, "perturbation": "gaussian", "shape": "squared"}),
+)
+
+
+def data_roles(name: str) -> tuple[str, ...]:
+    """The data arguments of penalty ``name``: ``("real", "fake")``, ``("real",)`` or
+    ``("fake",)``."""
+    if name in INTERPOLATING or name == "wgan_div":
+        return ("real", "fake")
+    return ("fake",) if name == "r2" else ("real",)
+
+
+def random_keys(name: str, options: dict[str, Any]) -> tuple[str, ...]:
+    """Which of ``alpha`` and ``noise`` penalty ``name`` takes with ``options``."""
+    if name in INTERPOLATING:
+        return ("alpha",)
+    if name == "wgan_div":
+        return () if options.get("points") == "real_fake" else ("alpha",)
+    if name == "dragan":
+        return ("noise",) if options.get("perturbation") == "gaussian" else ("alpha", "noise")
+    return ()
 ACTIVATIONS = ("tanh", "softplus", "leaky_relu", "elu")
 REDUCTIONS = ("mean", "sum", "max")
 
@@ -42,6 +79,10 @@ KINK_MARGIN = 1e-4
 #: ``n - t`` (or in choosing the maximum) is amplified past the float32 tolerance.
 TARGET_GAP = 0.02
 MAX_GAP = 1e-3
+#: Norms are kept above this: a gradient that cancels to a small fraction of its terms (a
+#: norm of 3e-4 from O(1) paths was drawn) carries float32 round-off of about 1e-7 / norm
+#: relative, past the float32 tolerance (Keras on JAX and torch computes float64 in float32).
+MIN_NORM = 1e-2
 
 
 def examples(n: int) -> int:
@@ -183,31 +224,62 @@ def penalty_options(draw: Any, penalty: str) -> dict[str, Any]:
     weight = draw(st.floats(0.1, 20.0), label="weight")
     if penalty in ("r1", "r2"):
         return {"gamma": weight}
+    if penalty == "wgan_div":
+        return {"k": weight, "p": draw(st.sampled_from(POWERS), label="p"),
+                "points": draw(st.sampled_from(("interpolates", "real_fake")), label="points")}
     options: dict[str, Any] = {"weight": weight}
-    if penalty in USES_TARGET:
-        options["target_factor"] = draw(st.sampled_from((0.5, 0.75, 1.5, 2.0)))
-        options["ratio"] = draw(st.booleans())
+    shape = "two_sided"
     if penalty == "dragan":
         options["c"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
+        options["ddof"] = draw(st.sampled_from((0, 1)), label="ddof")
+        options["perturbation"] = draw(st.sampled_from(("uniform", "gaussian")))
+        shape = options["shape"] = draw(st.sampled_from(DRAGAN_SHAPES), label="shape")
+    if penalty in USES_TARGET and shape != "squared":
+        options["target_factor"] = draw(st.sampled_from((0.5, 0.75, 1.5, 2.0)))
+        options["ratio"] = draw(st.booleans())
     return options
 
 
-def reference_norms(problem: Problem, penalty: str, c: float = 0.0) -> tuple[Any, ...]:
-    """Evaluation points, norms and norm derivatives (B, K) from the reference; rejects the
-    draw (``assume``) when a kinked activation comes within :data:`KINK_MARGIN` of its kink."""
-    points = ref.evaluation_points(
-        ref.POINTS[penalty], list(problem.real), list(problem.fake), problem.alpha,
-        list(problem.noise), c=c,
-    )
-    with mock.patch.object(ref, "KINK_MARGIN", KINK_MARGIN):
-        try:
-            g, dg = ref.input_gradients(list(problem.layers), problem.params, points)
-        except ValueError as exc:
-            if "kink" not in str(exc):
-                raise
-            assume(False)
-    norms, dnorms = ref.norms_and_derivatives(g, dg)
-    return points, norms, dnorms
+def _evaluate(problem: Problem) -> Any:
+    """``at(kind, kwargs)`` for :func:`ref.case_values`: the reference's points, norms and
+    norm derivatives; rejects the draw (``assume``) when a kinked activation comes within
+    :data:`KINK_MARGIN` of its kink."""
+
+    def at(kind: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        if kind == "dragan" and kwargs.get("ddof", 0) and min(r.size for r in problem.real) <= 1:
+            assume(False)  # no unbiased standard deviation of a single element
+        points = ref.evaluation_points(
+            kind, list(problem.real), list(problem.fake), problem.alpha, list(problem.noise),
+            c=float(kwargs.get("c", 0.0)), ddof=int(kwargs.get("ddof", 0)),
+            perturbation=str(kwargs.get("perturbation", "uniform")),
+        )
+        with mock.patch.object(ref, "KINK_MARGIN", KINK_MARGIN):
+            try:
+                g, dg = ref.input_gradients(list(problem.layers), problem.params, points)
+            except ValueError as exc:
+                if "kink" not in str(exc):
+                    raise
+                assume(False)
+        norms, dnorms = ref.norms_and_derivatives(g, dg)
+        return points, norms, dnorms
+
+    return at
+
+
+def reference_norms(
+    problem: Problem, penalty: str, options: dict[str, Any] | float | None = None
+) -> tuple[Any, ...]:
+    """Evaluation points, norms and norm derivatives (B, K) of ``penalty`` with ``options``
+    (or just DRAGAN's ``c``) from the reference; at WGAN-div's ``"real_fake"`` points, the
+    real then the fake ones (2B). Rejects draws near a kink (see :func:`_evaluate`)."""
+    kwargs = {"c": float(options)} if isinstance(options, (int, float)) else dict(options or {})
+    at = _evaluate(problem)
+    kind = ref.case_points(penalty, kwargs)
+    if kind != "real_fake":
+        return at(kind, kwargs)
+    (pr, nr, dr), (pf, nf, df) = at("real", kwargs), at("fake", kwargs)
+    return ([np.concatenate([r, f]) for r, f in zip(pr, pf)], np.concatenate([nr, nf]),
+            np.concatenate([dr, df]))
 
 
 def target_for(norms: np.ndarray, factor: float) -> float:
@@ -223,12 +295,14 @@ def reference_case(
     problem: Problem, penalty: str, options: dict[str, Any], reduction: str
 ) -> Case:
     """The float64 reference for ``penalty`` with ``options`` on ``problem``."""
-    kwargs = dict(options)
-    points, norms, dnorms = reference_norms(problem, penalty, float(kwargs.get("c", 0.0)))
-    if "target_factor" in kwargs:
-        kwargs["target"] = target_for(norms, kwargs.pop("target_factor"))
-    per_sample, dper_dn = ref.per_sample_penalty(penalty, kwargs, norms)
-    dper = dper_dn[:, None] * dnorms
+    factor = options.get("target_factor")
+    kwargs = {k: v for k, v in options.items() if k != "target_factor"}
+    if factor is not None:
+        kwargs["target"] = None
+    kwargs, points, norms, per_sample, dper = ref.case_values(
+        penalty, kwargs, _evaluate(problem), resolve_target=lambda n: target_for(n, factor)
+    )
+    assume(float(np.min(norms)) > MIN_NORM)
     if reduction == "sum":
         value, grad = float(np.sum(per_sample)), np.sum(dper, axis=0)
     else:
@@ -313,6 +387,25 @@ def check_uniform(samples: np.ndarray, what: str, n_min: int = 20000) -> None:
     assert abs(u.mean() - 0.5) < 0.01, f"{what}: mean {u.mean():.4f}, expected 0.5"
     assert abs(u.var() - 1 / 12) < 0.01, f"{what}: variance {u.var():.4f}, expected 1/12"
     assert len(np.unique(u)) > 0.99 * u.size, f"{what}: repeated values"
+
+
+def check_normal(samples: np.ndarray, std: float, what: str) -> None:
+    """``samples`` look like N(0, std**2) draws: their normal CDF values pass
+    :func:`check_uniform`."""
+    z = np.asarray(samples, dtype=np.float64).ravel() / (std * math.sqrt(2.0))
+    cdf = 0.5 * (1.0 + np.array([math.erf(v) for v in z]))
+    check_uniform(np.clip(cdf, 0.0, np.nextafter(1.0, 0.0)), what)
+
+
+def dragan_ddof_case(ddof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(real, noise, alpha, expected points)`` for DRAGAN with ``c = 0.5`` and ``ddof``: a
+    batch of 12 elements, sigma the standard deviation over all of them with ``ddof``
+    degrees of freedom removed (ddof=1 is sqrt(12/11) times the population value)."""
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((3, 4))
+    noise, alpha = rng.uniform(size=(3, 4)), rng.uniform(size=3)
+    sigma = np.sqrt(np.sum((real - real.mean()) ** 2) / (real.size - ddof))
+    return real, noise, alpha, real + alpha[:, None] * 0.5 * sigma * noise
 
 
 def plus_minus_one(shape: tuple[int, ...]) -> np.ndarray:

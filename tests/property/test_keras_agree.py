@@ -35,16 +35,22 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _property_support import (  # noqa: E402
-    INTERPOLATING,
     PENALTIES,
+    REDUCTIONS,
+    VARIANTS,
     bounded,
     cases,
+    check_normal,
     check_run,
     check_same,
     check_uniform,
+    data_roles,
+    dragan_ddof_case,
     penalty_options,
     plus_minus_one,
     problems,
+    random_keys,
+    reference_case,
     reference_norms,
     target_for,
 )
@@ -72,8 +78,8 @@ DTYPES = st.sampled_from(("float64", "float32"))
 N = 20000
 #: Examples per property. JAX compiles every drawn critic anew (its variable initializers
 #: and the jitted penalty), about 2 s of CPU each, so it draws fewer to stay within ~60 s.
-BUDGET = {"agree": 8, "invariants": 6, "no_grad": 4} if JAX else {
-    "agree": 12, "invariants": 10, "no_grad": 6}
+BUDGET = {"agree": 8, "invariants": 6, "no_grad": 4, "variant": 2} if JAX else {
+    "agree": 12, "invariants": 10, "no_grad": 6, "variant": 4}
 
 
 def jit(fn):
@@ -106,20 +112,13 @@ def one(parts):
 
 
 def call(name, critic, real, fake, **kw):
-    fn = gp.get_penalty(name)
-    if name in INTERPOLATING:
-        return fn(critic, one(real), one(fake), **kw)
-    if name == "r2":
-        return fn(critic, one(fake), **kw)
-    return fn(critic, one(real), **kw)
+    data = {"real": one(real), "fake": one(fake)}
+    return gp.get_penalty(name)(critic, *(data[r] for r in data_roles(name)), **kw)
 
 
-def randomness(name, alpha, noise):
-    if name in INTERPOLATING:
-        return {"alpha": alpha}
-    if name == "dragan":
-        return {"alpha": alpha, "noise": one(noise)}
-    return {}
+def randomness(name, alpha, noise, options=None):
+    draws = {"alpha": alpha, "noise": one(noise)}
+    return {k: draws[k] for k in random_keys(name, options or {})}
 
 
 # --- agreement with the reference and with gpreg_torch --------------------------------------
@@ -169,6 +168,19 @@ def test_keras_matches_reference_and_torch(drawn, dtype):
     check_same(got, from_torch, tol, f"{where} against gpreg_torch")
 
 
+@pytest.mark.parametrize(("name", "options"), VARIANTS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
+                              for n, o in VARIANTS])
+@bounded(BUDGET["variant"])
+@given(problem=problems(max_batch=4), reduction=st.sampled_from(REDUCTIONS), dtype=DTYPES)
+def test_keras_variants_match_reference(name, options, problem, reduction, dtype):
+    """WGAN-div's and DRAGAN's variants one by one (the mix above reaches each rarely)."""
+    case = reference_case(problem, name, options, reduction)
+    got = (run_jitted if JAX else run_case)(problem.fixture((case,)), case, dtype)
+    check_run(got, case, tolerance_key(dtype),
+              f"keras-{BACKEND}/{dtype}/{case.id}/{case.kwargs}/{problem.describe()}")
+
+
 # --- invariants -----------------------------------------------------------------------------
 
 @bounded(BUDGET["invariants"])
@@ -179,7 +191,7 @@ def test_keras_invariants(problem, data, dtype):
     zero_gp(w, alpha = 1); wgan_lp <= wgan_gp, equal above the target, zero below."""
     name = data.draw(st.sampled_from(PENALTIES), label="penalty")
     options = dict(data.draw(penalty_options(name)))
-    _, norms, _ = reference_norms(problem, name, float(options.get("c", 0.0)))
+    _, norms, _ = reference_norms(problem, name, options)
     if "target_factor" in options:
         options["target"] = target_for(norms, options.pop("target_factor"))
     _, interp_norms, _ = reference_norms(problem, "wgan_gp")
@@ -199,12 +211,12 @@ def test_keras_invariants(problem, data, dtype):
     def compute(values, batch, moved_batch):
         critic = as_function(model, values)
         real, fake, alpha, noise = batch
-        kw = {**options, **randomness(name, alpha, noise)}
+        kw = {**options, **randomness(name, alpha, noise, options)}
         out = {red: call(name, critic, real, fake, **kw, reduction=red)
                for red in ("none", "mean", "sum", "max")}
         m_real, m_fake, m_alpha, m_noise = moved_batch
         out["permuted"] = call(name, critic, m_real, m_fake, **options,
-                               **randomness(name, m_alpha, m_noise), reduction="none")
+                               **randomness(name, m_alpha, m_noise, options), reduction="none")
         out["norms"] = gp.grad_norm(critic, one(real))
         out["scaled"] = gp.grad_norm(lambda *parts: scale * critic(*parts), one(real))
         out["r1"] = gp.r1(critic, one(real), gamma=2 * weight, reduction="none")
@@ -241,7 +253,7 @@ def test_keras_points_never_receive_a_gradient(problem, name):
     zeros from jax.grad)."""
     reference_norms(problem, name)
     dtype = "float32"
-    seed = {"seed": 0} if name in (*INTERPOLATING, "dragan") else {}  # alpha/noise drawn
+    seed = {"seed": 0} if random_keys(name, {}) else {}  # alpha/noise drawn
     model, _ = build_critic(problem.fixture(), dtype)
     real, fake_base = tensors(problem.real, dtype), tensors(problem.fake, dtype)
     if BACKEND == "tensorflow":
@@ -309,7 +321,7 @@ class Recorder:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ["wgan_gp", "zero_gp"])
+@pytest.mark.parametrize("name", ["wgan_gp", "zero_gp", "wgan_div"])
 def test_keras_alpha_is_uniform_per_sample(name, dtype):
     rec = Recorder()
     gp.get_penalty(name)(rec, ops.ones((N, 1), dtype=dtype), ops.zeros((N, 1), dtype=dtype),
@@ -383,7 +395,37 @@ def test_keras_dragan_perturbation_is_alpha_c_sigma_noise():
         assert_close(got, r + a * c * np.std(r) * u, tolerance_key("float64"))
 
 
-@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "dragan"])
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_keras_dragan_sigma_has_the_requested_degrees_of_freedom(ddof):
+    real, noise, alpha, expected = dragan_ddof_case(ddof)
+    rec = Recorder()
+    gp.dragan(rec, ops.convert_to_tensor(real), ddof=ddof, alpha=ops.convert_to_tensor(alpha),
+              noise=ops.convert_to_tensor(noise))
+    assert_close(rec.points[0], expected, tolerance_key("float64"))
+
+
+def test_keras_dragan_gaussian_noise_is_normal_with_variance_c():
+    """delta ~ N(0, c I) with c = 0.25: standard deviation 0.5."""
+    rec = Recorder()
+    gp.dragan(rec, ops.zeros((N, 2), dtype="float64"), perturbation="gaussian", c=0.25, seed=8)
+    check_normal(rec.points[0], 0.5, f"dragan gaussian ({BACKEND})")
+
+
+def test_keras_wgan_div_real_fake_evaluates_real_then_fake():
+    rec = Recorder()
+    real = np.random.default_rng(5).standard_normal((6, 3))
+    fake = np.random.default_rng(6).standard_normal((6, 3))
+    gp.wgan_div(rec, ops.convert_to_tensor(real), ops.convert_to_tensor(fake),
+                points="real_fake")
+    seen = [c[0] for c in rec.calls]
+    assert any(np.allclose(x, real, rtol=1e-6, atol=0) for x in seen)
+    assert any(np.allclose(x, fake, rtol=1e-6, atol=0) for x in seen)
+    assert all(np.allclose(x, real, rtol=1e-6) or np.allclose(x, fake, rtol=1e-6)
+               for x in seen)
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "dragan",
+                                  "wgan_div"])
 def test_keras_same_seed_same_penalty_other_seed_other_penalty(name):
     rng = np.random.default_rng(0)
     w = ops.convert_to_tensor(rng.standard_normal((4, 6)), dtype="float32")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _property_support import check_uniform, plus_minus_one
+from _property_support import check_normal, check_uniform, dragan_ddof_case, plus_minus_one
 
 import gpreg_torch as gp
 from gpreg import fixtures
@@ -45,7 +45,7 @@ def generator(seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp"])
+@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "wgan_div"])
 def test_alpha_is_uniform_per_sample(name, dtype):
     rec = Recorder()
     fn = gp.get_penalty(name)
@@ -150,6 +150,43 @@ def test_dragan_perturbation_is_alpha_c_sigma_noise(c):
         assert_close(got, r + a * c * np.std(r) * u, "float64")
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_dragan_sigma_has_the_requested_degrees_of_freedom(ddof):
+    real, noise, alpha, expected = dragan_ddof_case(ddof)
+    rec = Recorder()
+    gp.dragan(rec, torch.as_tensor(real), ddof=ddof, alpha=torch.as_tensor(alpha),
+              noise=torch.as_tensor(noise))
+    assert_close(rec.points[0], expected, "float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dragan_gaussian_noise_is_normal_with_variance_c(dtype):
+    """The paper's delta ~ N(0, c I): zero real batch and c = 0.25, so the points are delta,
+    with standard deviation sqrt(c) = 0.5 (a KS test of N(0, c))."""
+    rec = Recorder()
+    gp.dragan(rec, torch.zeros((N, 2), dtype=dtype), perturbation="gaussian", c=0.25,
+              generator=generator(8))
+    check_normal(rec.points[0], 0.5, f"dragan gaussian delta ({dtype})")
+
+
+def test_wgan_div_real_fake_evaluates_real_then_fake():
+    """points="real_fake": two critic calls, at real and at fake exactly; no alpha drawn."""
+    calls = []
+
+    def critic(x):
+        calls.append(x.detach().numpy().copy())
+        return (x * x).sum(dim=1)
+
+    real, fake = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    g = generator(1)
+    state = g.get_state()
+    gp.wgan_div(critic, real, fake, points="real_fake", generator=g)
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+    assert len(calls) == 2
+    np.testing.assert_array_equal(calls[0], real.numpy())
+    np.testing.assert_array_equal(calls[1], fake.numpy())
+
+
 # --- the same seed reproduces the penalty ---------------------------------------------------
 
 def _mlp():
@@ -160,7 +197,8 @@ def _mlp():
     return critic, real, fake
 
 
-@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "dragan"])
+@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "dragan",
+                                  "wgan_div"])
 def test_same_seed_same_penalty_other_seed_other_penalty(name):
     critic, real, fake = _mlp()
     fn = gp.get_penalty(name)

@@ -9,16 +9,20 @@ wgan_lp <= wgan_gp, R1/R2 as zero-GP at alpha = 1/0, and no gradient into the po
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from _property_support import (
-    INTERPOLATING,
     PENALTIES,
     REDUCTIONS,
+    VARIANTS,
     bounded,
     cases,
     check_run,
+    data_roles,
     penalty_options,
     problems,
+    random_keys,
+    reference_case,
     reference_norms,
     target_for,
 )
@@ -42,29 +46,22 @@ def one(parts):
 
 def call(name, critic, real, fake, **kw):
     """Any built-in with the data arguments its points need (``real``/``fake`` part tuples)."""
-    fn = gp.get_penalty(name)
-    if name in INTERPOLATING:
-        return fn(critic, one(real), one(fake), **kw)
-    if name == "r2":
-        return fn(critic, one(fake), **kw)
-    return fn(critic, one(real), **kw)
+    data = {"real": one(real), "fake": one(fake)}
+    return gp.get_penalty(name)(critic, *(data[r] for r in data_roles(name)), **kw)
 
 
-def randomness(name, problem, dtype):
+def randomness(name, problem, dtype, options=None):
     """Explicit ``alpha`` (and ``noise``) keywords for ``name`` from the drawn problem."""
-    alpha = torch.as_tensor(problem.alpha, dtype=getattr(torch, dtype))
-    if name in INTERPOLATING:
-        return {"alpha": alpha}
-    if name == "dragan":
-        return {"alpha": alpha, "noise": one(tensors(problem.noise, dtype))}
-    return {}
+    draws = {"alpha": torch.as_tensor(problem.alpha, dtype=getattr(torch, dtype)),
+             "noise": one(tensors(problem.noise, dtype))}
+    return {k: draws[k] for k in random_keys(name, options or {})}
 
 
 def resolved(name, problem, options):
     """``options`` with the target resolved against the reference norms (which also keeps
     kinked activations away from their kinks at the points ``name`` evaluates)."""
     options = dict(options)
-    _, norms, _ = reference_norms(problem, name, float(options.get("c", 0.0)))
+    _, norms, _ = reference_norms(problem, name, options)
     if "target_factor" in options:
         options["target"] = target_for(norms, options.pop("target_factor"))
     return options
@@ -86,6 +83,17 @@ def test_matches_reference(drawn, dtype):
     check_run(got, case, dtype, f"torch/{dtype}/{case.id}/{problem.describe()}")
 
 
+@pytest.mark.parametrize(("name", "options"), VARIANTS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
+                              for n, o in VARIANTS])
+@bounded(6)
+@given(problem=problems(), reduction=st.sampled_from(REDUCTIONS), dtype=DTYPES)
+def test_variants_match_reference(name, options, problem, reduction, dtype):
+    case = reference_case(problem, name, options, reduction)
+    got = run_case(problem.fixture((case,)), case, getattr(torch, dtype))
+    check_run(got, case, dtype, f"torch/{dtype}/{case.id}/{case.kwargs}/{problem.describe()}")
+
+
 # --- invariants -----------------------------------------------------------------------------
 
 @bounded(20)
@@ -98,7 +106,7 @@ def test_batch_is_the_per_sample_penalties(problem, data, dtype):
     options = resolved(name, problem, data.draw(penalty_options(name)))
     critic = build_critic(problem.fixture(), getattr(torch, dtype))
     real, fake = tensors(problem.real, dtype), tensors(problem.fake, dtype)
-    kw = {**options, **randomness(name, problem, dtype)}
+    kw = {**options, **randomness(name, problem, dtype, options)}
     per_sample = call(name, critic, real, fake, **kw, reduction="none")
     assert per_sample.shape == (problem.batch,)
     singles = []
@@ -106,7 +114,7 @@ def test_batch_is_the_per_sample_penalties(problem, data, dtype):
     for i in range(problem.batch):
         sample = problem.take([i])
         value = call(name, critic, tensors(sample.real, dtype), tensors(sample.fake, dtype),
-                     **options, **randomness(name, sample, dtype), reduction="none")
+                     **options, **randomness(name, sample, dtype, options), reduction="none")
         assert value.shape == (1,)
         singles.append(value.detach())
         single_grads.append(param_grads(value.sum(), critic))
@@ -129,10 +137,10 @@ def test_permuting_the_batch_permutes_the_samples(problem, data, dtype):
     perm = np.array(data.draw(st.permutations(range(problem.batch)), label="permutation"))
     critic = build_critic(problem.fixture(), getattr(torch, dtype))
     before = call(name, critic, tensors(problem.real, dtype), tensors(problem.fake, dtype),
-                  **options, **randomness(name, problem, dtype), reduction="none")
+                  **options, **randomness(name, problem, dtype, options), reduction="none")
     moved = problem.take(perm)
     after = call(name, critic, tensors(moved.real, dtype), tensors(moved.fake, dtype),
-                 **options, **randomness(name, moved, dtype), reduction="none")
+                 **options, **randomness(name, moved, dtype, options), reduction="none")
     assert_close(after.detach(), before.detach()[torch.as_tensor(perm)], dtype,
                  err_msg=f"{name}: permuted batch")
 

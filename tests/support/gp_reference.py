@@ -25,12 +25,14 @@ SHAPES = {
     "r1": ("real", "squared", 0.5),
     "r2": ("fake", "squared", 0.5),
     "dragan": ("dragan", "two_sided", 1.0),
+    "wgan_div": ("interpolates", "power", 1.0),  # k n**p, here with p = 6
 }
+P = 6.0
 
 
 def points(name: str, real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor] | None,
            alpha: torch.Tensor | None, noise: Sequence[torch.Tensor] | None,
-           c: float = 0.5) -> list[torch.Tensor]:
+           c: float = 0.5, ddof: int = 0) -> list[torch.Tensor]:
     """The evaluation points of penalty ``name``, part by part, as leaves."""
     where = SHAPES[name][0]
     out = []
@@ -44,7 +46,8 @@ def points(name: str, real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor]
             if where == "interpolates":
                 p = a * r + (1 - a) * fake[i]
             else:
-                sigma = torch.sqrt(((r - r.mean()) ** 2).mean())  # population std
+                # population std (ddof 0), or unbiased (ddof 1)
+                sigma = torch.sqrt(((r - r.mean()) ** 2).sum() / (r.numel() - ddof))
                 p = r + a * c * sigma * noise[i]
         out.append(p.detach().clone().requires_grad_(True))
     return out
@@ -54,11 +57,11 @@ def penalty(name: str, scores: Callable[..., torch.Tensor], params: Sequence[tor
             real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor] | None = None, *,
             alpha: torch.Tensor | None = None, noise: Sequence[torch.Tensor] | None = None,
             weight: float = 10.0, target: float = 1.0, reduction: str | None = None,
-            ) -> tuple[float, list[np.ndarray], np.ndarray]:
+            ddof: int = 0) -> tuple[float, list[np.ndarray], np.ndarray]:
     """``(value, [d value / d param], per-sample norms)`` of penalty ``name`` on the critic
     ``scores(*points) -> (B, ...)`` with parameters ``params`` (float64 leaves)."""
     _, shape, factor = SHAPES[name]
-    pts = points(name, real, fake, alpha, noise)
+    pts = points(name, real, fake, alpha, noise, ddof=ddof)
     out = scores(*pts)
     grads = torch.autograd.grad(out.sum(), pts, create_graph=True)
     sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads)
@@ -67,6 +70,8 @@ def penalty(name: str, scores: Callable[..., torch.Tensor], params: Sequence[tor
         per = (n - target) ** 2
     elif shape == "one_sided":
         per = torch.clamp(n - target, min=0) ** 2
+    elif shape == "power":
+        per = sq ** (P / 2)
     else:
         per = sq
     per = factor * weight * per

@@ -28,7 +28,8 @@ def critic_and_data():
 
 def penalties(critic, real, fake, alpha, noise):
     return {"max_gp": lambda: gp.max_gp(critic, real, fake, alpha=alpha),
-            "dragan": lambda: gp.dragan(critic, real, alpha=alpha, noise=noise)}
+            "dragan": lambda: gp.dragan(critic, real, alpha=alpha, noise=noise),
+            "dragan_ddof1": lambda: gp.dragan(critic, real, alpha=alpha, noise=noise, ddof=1)}
 
 
 def main(rank: int, world: int, port: str, path: str) -> None:

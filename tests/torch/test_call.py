@@ -100,7 +100,8 @@ def compare(name, module, real, fake, scores, **kw):
     extra = {"alpha": rnd["alpha"]} if SHAPES[name][0] == "interpolates" else {}
     if name == "dragan":
         extra = dict(rnd)
-    weight_kw = {"gamma": 10.0} if name in ("r1", "r2") else {}
+    weight_kw = {"gamma": 10.0} if name in ("r1", "r2") else (
+        {"k": 10.0} if name == "wgan_div" else {})
     value = gpreg_call(name, module, real, fake, **extra, **weight_kw, **kw)
     params = list(module.parameters())
     got = torch.autograd.grad(value, params, allow_unused=True)

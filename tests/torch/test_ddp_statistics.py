@@ -40,7 +40,7 @@ def ddp_result(tmp_path_factory):
     return torch.load(out)
 
 
-@pytest.mark.parametrize("name", ["max_gp", "dragan"])
+@pytest.mark.parametrize("name", ["max_gp", "dragan", "dragan_ddof1"])
 def test_ddp_max_gp_and_dragan_equal_one_process(ddp_result, name):
     """Issue 14.7 (DDP): each rank used its own maximum (DDP then averaged the two) and its
     own σ; now the statistics are global and the DDP gradients are the one-process ones."""
@@ -50,8 +50,8 @@ def test_ddp_max_gp_and_dragan_equal_one_process(ddp_result, name):
     def twin(x):
         return torch.tanh(x @ leaves[0].T + leaves[1]) @ leaves[2].T + leaves[3]
 
-    ref_value, ref_grads, _ = penalty(name, twin, leaves, [real], [fake], alpha=alpha,
-                                      noise=[noise])
+    ref_value, ref_grads, _ = penalty(name.removesuffix("_ddof1"), twin, leaves, [real], [fake],
+                                      alpha=alpha, noise=[noise], ddof=int(name.endswith("1")))
     value, grads = ddp_result[name]
     np.testing.assert_allclose(value, ref_value, rtol=1e-9)
     top = max(float(np.max(np.abs(g))) for g in ref_grads)

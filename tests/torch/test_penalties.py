@@ -12,7 +12,7 @@ import gpreg_torch as gp
 from gpreg import BUILTIN_NAMES
 from gpreg._tolerances import assert_close
 
-INTERP = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp")
+INTERP = ("wgan_gp", "wgan_lp", "zero_gp", "max_gp", "wgan_div")  # real, fake and alpha
 
 
 def call(name, critic, real, fake, **kw):
