@@ -29,8 +29,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def demo(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``gpreg demo`` as a user's shell starts it: without the TF_CPP_MIN_LOG_LEVEL=1 that
+    ``import jax`` leaves in this process's environment when an earlier test imported it (the
+    demo shows TensorFlow's error lines at that level, as asked)."""
+    base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "gpreg", "demo", *args], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+                          text=True, cwd=cwd, env={**base, **(env or {})}, timeout=600)
 
 
 def png_size(path: Path) -> tuple[int, int]:
