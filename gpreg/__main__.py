@@ -1,3 +1,3 @@
-from gpreg.cli import main
+from gpreg.tools.cli import main
 
 raise SystemExit(main())

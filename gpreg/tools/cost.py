@@ -29,7 +29,7 @@ from typing import Any
 
 from gpreg._lazy import LazyRegularization
 from gpreg._specs import _ROLES, get_spec
-from gpreg._text import render_table
+from gpreg.tools._text import render_table
 from gpreg.tools.timing import GroupResult, Variant, time_group
 
 #: the penalties ``penalties=None`` measures: one evaluated at new points (interpolates),

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from gpreg._specs import BUILTIN_NAMES
-from gpreg._text import name_list
+from gpreg.tools._text import name_list
 from gpreg.tools.critics import CriticSpec, default_specs
 from gpreg.tools.timing import background_load, choose_threads, limit_threads
 

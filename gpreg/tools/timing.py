@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpreg._env import xla_one_thread
+from gpreg.tools._env import xla_one_thread
 
 
 @dataclass

@@ -21,7 +21,7 @@ def launcher(tmp_path):
     own folder, not the current one, leads ``sys.path``."""
     path = tmp_path / "bin" / "gpreg-launcher.py"
     path.parent.mkdir()
-    path.write_text("import sys\n\nfrom gpreg.cli import main\n\n"
+    path.write_text("import sys\n\nfrom gpreg.tools.cli import main\n\n"
                     "if __name__ == '__main__':\n    sys.exit(main())\n")
     return path
 

@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-from gpreg import _worker, cli
-from gpreg._text import name_list
+from gpreg.tools import cli
+from gpreg.tools import compare_worker as _worker
+from gpreg.tools._text import name_list
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

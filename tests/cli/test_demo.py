@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 
-from gpreg.demo import NO_PENALTY_NOTE, Progress, _data, _gallery
-from gpreg.demo._common import CHOICES, Run
+from gpreg.tools.demo import NO_PENALTY_NOTE, Progress, _data, _gallery
+from gpreg.tools.demo._common import CHOICES, Run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,8 +79,8 @@ def test_tiny_run_writes_the_gallery_and_prints_metrics(tmp_path):
     assert NO_PENALTY_NOTE.splitlines()[0] not in proc.stdout  # no "none" run, no note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpreg-demo.png"]  # no temp files
     # the same seed again, in this process and one after the other: the same metrics
-    from gpreg.demo import Progress, metrics_table, train_all
-    from gpreg.demo._common import Config
+    from gpreg.tools.demo import Progress, metrics_table, train_all
+    from gpreg.tools.demo._common import Config
 
     runs = train_all("torch", ["wgan_gp", "r1", "wgan_div"], Config(steps=3), jobs=1,
                      progress=Progress(["wgan_gp", "r1", "wgan_div"], 3, stream=io.StringIO()))
@@ -175,8 +175,8 @@ def test_ctrl_c_leaves_no_image(tmp_path):
 def test_a_failing_run_is_reported_and_stops_the_others():
     """A run that raises (here: an unknown data set, raised inside each run) is a RunFailed
     naming the penalty, in this process and from worker processes."""
-    from gpreg.demo import RunFailed, train_all
-    from gpreg.demo._common import Config
+    from gpreg.tools.demo import RunFailed, train_all
+    from gpreg.tools.demo._common import Config
 
     progress = Progress(["r1", "r2"], 5, stream=io.StringIO())
     # in worker processes either run may be the first to fail
@@ -190,8 +190,8 @@ def test_a_killed_worker_fails_the_run_instead_of_hanging():
     other worker is stopped."""
     import multiprocessing
 
-    from gpreg.demo import RunFailed, train_all
-    from gpreg.demo._common import Config
+    from gpreg.tools.demo import RunFailed, train_all
+    from gpreg.tools.demo._common import Config
 
     class KillAWorker(Progress):
         """Kills one worker at the first progress message (training has started)."""
@@ -334,7 +334,7 @@ def test_keras_backend(tmp_path, backend, jobs):
 
 FILTER_SCRIPT = """
 import os, subprocess, sys
-from gpreg._env import tensorflow_logs_filtered
+from gpreg.tools._env import tensorflow_logs_filtered
 lines = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "I0000 00:00:1796154720.331558    7662 port.cc:153] oneDNN custom operations are on.",
@@ -372,11 +372,11 @@ def test_tensorflow_log_lines_are_filtered_by_level(level, kept):
 
 
 def test_the_demo_package_ships_in_the_wheel():
-    """setuptools lists packages explicitly: gpreg.demo must be among them (and matplotlib
+    """setuptools lists packages explicitly: gpreg.tools.demo must be among them (and matplotlib
     in the demo extra), or `gpreg demo` breaks outside an editable install."""
     tomllib = pytest.importorskip("tomllib")
     root = Path(__file__).resolve().parents[2]
     project = tomllib.loads((root / "pyproject.toml").read_text())
-    assert "gpreg.demo" in project["tool"]["setuptools"]["packages"]
+    assert "gpreg.tools.demo" in project["tool"]["setuptools"]["packages"]
     demo_extra = project["project"]["optional-dependencies"]["demo"]
     assert any(req.startswith("matplotlib") for req in demo_extra)

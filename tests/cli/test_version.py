@@ -36,7 +36,7 @@ def test_version_from_a_folder_holding_a_directory_named_gpreg(shadowed_folder):
 
 def test_the_demo_gallery_is_ignored_by_git():
     """``gpreg demo`` run in a clone writes gpreg-demo.png there: git ignores it."""
-    from gpreg.demo import DEFAULT_OUT
+    from gpreg.tools.demo import DEFAULT_OUT
 
     assert DEFAULT_OUT in (ROOT / ".gitignore").read_text().splitlines()
     if shutil.which("git") is None or not (ROOT / ".git").exists():

@@ -19,7 +19,8 @@ from gpreg._tolerances import assert_close, max_rel_error, tolerance
 
 def test_import_loads_no_framework():
     code = (
-        "import sys, gpreg, gpreg.fixtures, gpreg.cli, gpreg.tools.cost, gpreg.tools.cost_cli;"
+        "import sys, gpreg, gpreg.fixtures, gpreg.tools.cli, gpreg.tools.cost;"
+        "import gpreg.tools.cost_cli, gpreg.tools.compare_worker, gpreg.tools.demo;"
         "import gpreg.tools.hlo, gpreg.tools.critics, gpreg.tools.timing;"
         "gpreg.fixtures.load();"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-from gpreg import _worker, fixtures
+from gpreg import fixtures
+from gpreg.tools import compare_worker as _worker
 
 
 def run(*args):

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from gpreg.demo._common import Run
-from gpreg.demo._data import Dataset, quality
+from gpreg.tools.demo._common import Run
+from gpreg.tools.demo._data import Dataset, quality
 
 
 def check_writable(out: str) -> Path:

@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from gpreg import fixtures
-from gpreg._env import python_module_command
 from gpreg._specs import BUILTIN_NAMES
-from gpreg._text import name_list, render_table
 from gpreg._tolerances import max_rel_error, within
-from gpreg._worker import PATHS
+from gpreg.tools._env import python_module_command
+from gpreg.tools._text import name_list, render_table
+from gpreg.tools.compare_worker import PATHS
 
 DTYPES = ("float64", "float32")
 #: the lines of a failed worker process's output that ``gpreg compare`` shows
@@ -52,8 +52,8 @@ def _run_path(path: str, dtypes: list[str], penalties: list[str], repeats: int =
     if fixture_names:
         args += ["--fixtures", ",".join(fixture_names)]
     env = {**os.environ, **PATHS[path][1], "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(python_module_command("gpreg._worker", *args), capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(python_module_command("gpreg.tools.compare_worker", *args),
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         last = next((ln for ln in reversed(lines) if ln.strip()), "")
@@ -236,13 +236,13 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    from gpreg.demo import add_arguments
+    from gpreg.tools.demo import add_arguments
 
     add_arguments(p)
 
 
 def demo(args: argparse.Namespace) -> int:
-    from gpreg.demo import main as run_demo
+    from gpreg.tools.demo import main as run_demo
 
     return run_demo(args)
 
@@ -257,7 +257,7 @@ def _version() -> str:
         from importlib.metadata import version as distribution_version
 
         version = distribution_version("gpreg")
-    return f"gpreg {version} from {Path(__file__).parent} (Python {sys.version.split()[0]})"
+    return f"gpreg {version} from {Path(__file__).parents[1]} (Python {sys.version.split()[0]})"
 
 
 def _cost_arguments(p: argparse.ArgumentParser) -> None:

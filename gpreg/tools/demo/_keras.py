@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from gpreg.demo._common import Batches, Config, ProgressFn, Run, evaluate, loss_kind, penalty_term
+from gpreg.tools.demo._common import (
+    Batches,
+    Config,
+    ProgressFn,
+    Run,
+    evaluate,
+    loss_kind,
+    penalty_term,
+)
 
 keras: Any = None
 ops: Any = None

@@ -3,7 +3,7 @@
 Invoked by ``gpreg compare`` in a subprocess per framework path (so each Keras backend gets
 its own process)::
 
-    python -m gpreg._worker torch float64 float32 --penalties r1,wgan_gp --repeats 5
+    python -m gpreg.tools.compare_worker torch float64 float32 --penalties r1,wgan_gp --repeats 5
 
 It prints one JSON document on stdout; a framework that is not installed yields
 ``{"status": "not installed", ...}``.
@@ -65,7 +65,7 @@ def _one_thread(path: str) -> None:
     One thread everywhere also puts every framework on equal terms."""
 
     if path == "keras-jax":
-        from gpreg._env import xla_one_thread
+        from gpreg.tools._env import xla_one_thread
 
         xla_one_thread()
         return
@@ -281,7 +281,7 @@ def run(path: str, dtypes: list[str], penalties: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpreg._worker")
+    parser = argparse.ArgumentParser(prog="python -m gpreg.tools.compare_worker")
     parser.add_argument("path", help=f"one of: {', '.join(PATHS)}")
     parser.add_argument("dtypes", nargs="*", default=["float64"])
     parser.add_argument("--penalties", default=None, help="comma-separated penalty names")

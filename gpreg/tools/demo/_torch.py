@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpreg_torch as gp
-from gpreg.demo._common import Batches, Config, ProgressFn, Run, evaluate, loss_kind, penalty_term
+from gpreg.tools.demo._common import (
+    Batches,
+    Config,
+    ProgressFn,
+    Run,
+    evaluate,
+    loss_kind,
+    penalty_term,
+)
 
 
 def versions() -> str:

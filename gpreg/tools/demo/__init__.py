@@ -5,9 +5,9 @@ Every run uses the same networks (MLPs with 3 hidden ReLU layers), the same init
 the same data stream and the same optimizer (Adam); only the penalty — and, for R1/R2, the
 loss — differs. The interpolate and DRAGAN penalties and "none" train with the WGAN loss, R1
 and R2 with the non-saturating loss they were analysed with (see
-:func:`gpreg.demo._common.loss_kind`). Every penalty takes gpreg's default weight.
+:func:`gpreg.tools.demo._common.loss_kind`). Every penalty takes gpreg's default weight.
 
-The metrics (definitions in :mod:`gpreg.demo._data`): modes covered, the share of
+The metrics (definitions in :mod:`gpreg.tools.demo._data`): modes covered, the share of
 high-quality samples (within 3 σ of a mode centre), the mean gradient norm of the critic at
 interpolates of data and generated samples, and the training wall time.
 """
@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gpreg._env import tensorflow_logs_filtered, xla_one_thread
-from gpreg._text import name_list, render_table
-from gpreg.demo._common import CHOICES, Config, Run
-from gpreg.demo._data import DATASETS, dataset, quality
+from gpreg.tools._env import tensorflow_logs_filtered, xla_one_thread
+from gpreg.tools._text import name_list, render_table
+from gpreg.tools.demo._common import CHOICES, Config, Run
+from gpreg.tools.demo._data import DATASETS, dataset, quality
 
 __all__ = ["CHOICES", "Progress", "RunFailed", "add_arguments", "main", "metrics_table",
            "train_all"]
@@ -267,13 +267,13 @@ def _backend(name: str) -> Any:
     """The training module of ``name``; ImportError says what to install."""
     if name == "torch":
         try:
-            from gpreg.demo import _torch
+            from gpreg.tools.demo import _torch
         except ImportError as exc:
             raise ImportError(f"--backend torch needs PyTorch ({exc}); install it with "
                               "pip install 'gpreg[torch,demo]'") from None
         return _torch
     try:
-        from gpreg.demo import _keras
+        from gpreg.tools.demo import _keras
 
         _keras._load()
     except (ImportError, ValueError) as exc:  # ValueError: Keras refuses KERAS_BACKEND
@@ -304,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         return _fail(f"--jobs must be at least 1, got {args.jobs}")
     jobs = min(len(penalties), args.jobs or _cpu_count())
-    from gpreg.demo._gallery import check_writable
+    from gpreg.tools.demo._gallery import check_writable
 
     try:
         out = check_writable(args.out)
@@ -324,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _train_and_draw(args: argparse.Namespace, penalties: list[str], jobs: int,
                     out: Path) -> int:
-    from gpreg.demo._gallery import write_gallery
+    from gpreg.tools.demo._gallery import write_gallery
 
     try:
         backend = _backend(args.backend)

@@ -31,7 +31,7 @@ def _import_path() -> list[str]:
 
     path = list(sys.path)
     if getattr(gpreg, "__file__", None) is None:
-        path.insert(0, str(Path(__file__).resolve().parent.parent))
+        path.insert(0, str(Path(__file__).resolve().parents[2]))  # above gpreg/tools/
     return path
 
 
