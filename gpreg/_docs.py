@@ -489,7 +489,44 @@ def render_cost(*, framework: str, how: str, optimizer: str, reuse: str, example
     """The docstring of ``cost`` for one adapter (the shared :data:`COST` text)."""
     doc = COST.replace("<<framework>>", framework).replace("<<how>>", how)
     doc = doc.replace("<<optimizer>>", optimizer).replace("<<reuse>>", reuse)
-    return doc.replace("<<example>>", example.rstrip("\n"))
+    return _fit(doc.replace("<<example>>", example.rstrip("\n")))
+
+
+#: the longest line a docstring written into the source may have (the project's line length)
+WIDTH = 99
+_NAMES_ENTRY = re.compile(r"^( {8})([\w<>]+(?:, [\w<>]+)+): (.*)$")
+
+
+def _fit(doc: str) -> str:
+    """``doc`` fit for a source file: no trailing spaces, no line over :data:`WIDTH`. An Args
+    entry that lists many names (``a, b, c: as in ...``) is split into several entries; any
+    other long prose line is wrapped (continued 4 deeper); example lines are left as they
+    are."""
+    lines = doc.split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i < len(lines) - 1:  # the last line is the closing quotes' indentation
+            line = line.rstrip()
+        stripped = line.lstrip()
+        if len(line) <= WIDTH or stripped.startswith((">>>", "...")):
+            out.append(line)
+            continue
+        m = _NAMES_ENTRY.match(line)
+        if m:
+            indent, names, desc = m.groups()
+            group: list[str] = []
+            for name in names.split(", "):
+                if group and len(f"{indent}{', '.join([*group, name])}: {desc}") > WIDTH:
+                    out.append(f"{indent}{', '.join(group)}: {desc}")
+                    group = []
+                group.append(name)
+            out.append(f"{indent}{', '.join(group)}: {desc}")
+            continue
+        indent = " " * (len(line) - len(stripped))
+        out.extend(textwrap.wrap(stripped, WIDTH, initial_indent=indent,
+                                 subsequent_indent=indent + "    ", break_long_words=False,
+                                 break_on_hyphens=False))
+    return "\n".join(out)
 
 
 CHECK_CRITIC = r"""Check that gpreg's penalties differentiate correctly through ``critic``: run it first.
@@ -633,7 +670,7 @@ def render_check(framework: str, example: str) -> str:
     doc = CHECK_CRITIC
     for key, text in CHECK_FILLS[framework].items():
         doc = doc.replace(f"<<{key}>>", text)
-    return _reflow(doc).replace("<<example>>", example.rstrip("\n"))
+    return _fit(_reflow(doc).replace("<<example>>", example.rstrip("\n")))
 
 
 def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
@@ -653,4 +690,37 @@ def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
         doc = doc.replace(f"<<rng_{key}>>", rng[key])
     doc = doc.replace("<<scaler>>", rng["scaler"])
     doc = doc.replace("<<call_args>>", CALL_ARGS)
-    return doc.replace("<<tensor>>", tensor)
+    return _fit(doc.replace("<<tensor>>", tensor))
+
+
+#: The public functions whose docstrings come from these templates, by adapter: the source
+#: file (relative to the repository root) and the functions in it.
+GENERATED: dict[str, dict[str, tuple[str, ...]]] = {
+    adapter: {
+        f"{adapter}/_penalties.py": tuple(TEMPLATES),
+        f"{adapter}/_check.py": ("check_critic",),
+        f"{adapter}/_cost.py": ("cost",),
+    }
+    for adapter in ("gpreg_torch", "gpreg_keras")
+}
+
+
+def generated() -> dict[tuple[str, str], str]:
+    """``{(source file, function): docstring}`` for every templated public function of both
+    adapters, rendered from the shared templates and :mod:`gpreg._doc_inputs`. The source
+    files hold exactly these texts (``python tools/docstrings.py --write`` puts them there;
+    tests/core/test_docstrings.py checks it), so that editors and static tools, which read
+    the source, show the specification."""
+    from gpreg import _doc_inputs as text
+
+    out: dict[tuple[str, str], str] = {}
+    for adapter, tag, framework, tensor in (("gpreg_torch", "TORCH", "torch", "torch.Tensor"),
+                                            ("gpreg_keras", "KERAS", "keras", "tensor")):
+        examples, rng = getattr(text, f"{tag}_EXAMPLES"), getattr(text, f"{tag}_RNG")
+        for name in TEMPLATES:
+            out[(f"{adapter}/_penalties.py", name)] = render(name, example=examples[name],
+                                                             rng=rng, tensor=tensor)
+        out[(f"{adapter}/_check.py", "check_critic")] = render_check(
+            framework, getattr(text, f"{tag}_CHECK_EXAMPLE"))
+        out[(f"{adapter}/_cost.py", "cost")] = render_cost(**getattr(text, f"{tag}_COST"))
+    return out

@@ -17,7 +17,6 @@ import numpy as np
 from keras import ops
 
 from gpreg import _call
-from gpreg._docs import render_cost
 from gpreg.tools import cost as tc
 from gpreg.tools import hlo
 from gpreg_keras import _core
@@ -287,6 +286,86 @@ def cost(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> tc.CostReport:
+    r"""What each penalty costs on your critic, batch and device (Keras 3), and the levers.
+
+    Times the critic *step* training runs — zero the gradients, the WGAN loss
+    :math:`\frac{1}{B}\sum D(\tilde x) - \frac{1}{B}\sum D(x)`, its gradient, an optimizer
+    step — without a penalty (*plain*) and with each penalty added to the loss, paired and
+    interleaved: in every round each step is timed once, in a shuffled order, and a ratio is
+    the median of the per-round ratios, with their min and max. The plain step is also timed
+    against itself (the *control*): its spread is the noise floor, and a difference inside it
+    is not a difference. Beside the times: the ratio of the steps' matmul and convolution
+    FLOPs, and of their peak memory. The levers:
+
+    - *lazy regularization* (StyleGAN2): the penalty only every :math:`N`-th batch, as a step
+      of its own (the penalty, its gradient, an optimizer step: the *alone* step, timed too),
+      costs :math:`(N \cdot t_\text{plain} + t_\text{alone}) / (N \cdot t_\text{plain})` per
+      batch against the plain step, for each :math:`N` in ``lazy``;
+    - *forward reuse* (R1 and R2 from the scores of the adversarial loss's own forward
+      pass) is not measured: it needs PyTorch's after-the-fact gradients
+      (``gpreg_torch.from_scores``), which TensorFlow and JAX do not have; the report says
+      so.
+
+    How the steps run is how Keras trains on each backend. TensorFlow: each step is a
+    ``tf.function(jit_compile=True)``; FLOPs are counted in its HLO
+    (``experimental_get_compiler_ir``); memory is the live-buffer peak of its compiled
+    program, an estimate of XLA's buffer assignment, which TensorFlow does not expose. JAX:
+    each step is one ``jax.jit`` of a stateless step (``stateless_call``,
+    ``optimizer.stateless_apply``); FLOPs from its HLO, memory from XLA's buffer assignment
+    (``memory_analysis``). Keras's torch backend: the steps run eagerly and are measured as
+    ``gpreg_torch.cost`` measures them. The first call of each step (tracing and
+    compilation) is reported apart, not timed.
+
+    The critic's parameters, buffers and gradients and the optimizer's state are restored
+    afterwards: measuring does not train the critic.
+
+    Args:
+        critic: the critic, as in :func:`wgan_gp` (the module or model itself: its
+            parameters are what the step's optimizer updates).
+        real: a real batch (a tensor, or a tuple of tensors for a multi-input critic), of the
+            size you train with.
+        fake: a generated batch of the same shape; ``None`` uses ``real`` rolled by one
+            sample (the cost does not depend on the values).
+        penalties: the penalties to measure, by name (any registered name); ``None``:
+            ``wgan_gp`` and ``r1``, one evaluated at new points and one at the data.
+        args, kwargs, output: as in :func:`wgan_gp`; passed to every critic call of the plain
+            step and of the penalty steps.
+        optimizer: a ``keras.optimizers.Optimizer`` (built on the critic's trainable variables if
+            it is not); ``None``: Adam (lr 1e-4, betas (0, 0.9)), WGAN-GP's.
+        lazy: the intervals :math:`N` of the lazy-regularization lever; ``()`` skips it (and
+            the alone steps).
+        rounds: timed rounds (each step once per round; 11 by default, 3 for a quick look).
+        warmup: untimed calls of every step after its first call (the first call, which
+            traces and compiles where the framework does, is timed and reported apart).
+        min_sample_s: a timed sample repeats a step until it lasts about this long (0: one
+            step per sample).
+        flops: count the FLOPs of each step.
+        memory: measure the peak memory of each step.
+        seed: seed of the penalties' random draws and of the order of the steps in a round.
+        progress: called with a short message at each stage (``gpreg cost`` prints them to
+            stderr).
+
+    Returns:
+        A :class:`gpreg.tools.cost.CostReport`: ``summary()`` is the table (one row per step)
+        with the one-line ``reading()``; ``report["wgan_gp"]`` has one penalty's ratios
+        (``ratio``, ``flop_ratio``, ``memory_ratio``, ``lazy[N]``, ``reuse_saving``);
+        ``to_dict()`` is JSON-ready.
+
+    Raises:
+        ValueError: an empty ``penalties``, a bad ``lazy`` interval, ``rounds`` < 1, and as in
+            :func:`wgan_gp`.
+        KeyError: an unknown penalty name (``gpreg.UnknownPenaltyError``).
+        TypeError: a critic without parameters and no ``optimizer``, and as in
+            :func:`wgan_gp`.
+
+    Example:
+        >>> import keras, numpy as np, gpreg_keras as gp
+        >>> critic = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+        ...                            keras.layers.LeakyReLU(0.2), keras.layers.Dense(1)])
+        >>> real = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> report = gp.cost(critic, real, rounds=3, lazy=(), min_sample_s=0, memory=False)
+        >>> print(report.summary())                                # doctest: +SKIP
+    """
     names, intervals = tc.check_options(WHERE, penalties, lazy, rounds, warmup, min_sample_s)
     if not isinstance(critic, keras.Layer):
         raise TypeError(
@@ -337,29 +416,3 @@ def cost(
         for variables, values in zip((critic.variables, opt.variables), saved):
             for var, value in zip(variables, values):
                 var.assign(value)
-
-
-cost.__doc__ = render_cost(
-    framework="Keras 3",
-    how="""How the steps run is how Keras trains on each backend. TensorFlow: each step is a
-    ``tf.function(jit_compile=True)``; FLOPs are counted in its HLO
-    (``experimental_get_compiler_ir``); memory is the live-buffer peak of its compiled
-    program, an estimate of XLA's buffer assignment, which TensorFlow does not expose. JAX:
-    each step is one ``jax.jit`` of a stateless step (``stateless_call``,
-    ``optimizer.stateless_apply``); FLOPs from its HLO, memory from XLA's buffer assignment
-    (``memory_analysis``). Keras's torch backend: the steps run eagerly and are measured as
-    ``gpreg_torch.cost`` measures them. The first call of each step (tracing and
-    compilation) is reported apart, not timed.""",
-    optimizer="a ``keras.optimizers.Optimizer`` (built on the critic's trainable variables "
-              "if it is not)",
-    reuse="""*forward reuse* (R1 and R2 from the scores of the adversarial loss's own forward
-      pass) is not measured: it needs PyTorch's after-the-fact gradients
-      (``gpreg_torch.from_scores``), which TensorFlow and JAX do not have; the report says
-      so.""",
-    example="""        >>> import keras, numpy as np, gpreg_keras as gp
-        >>> critic = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
-        ...                            keras.layers.LeakyReLU(0.2), keras.layers.Dense(1)])
-        >>> real = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
-        >>> report = gp.cost(critic, real, rounds=3, lazy=(), min_sample_s=0, memory=False)
-        >>> print(report.summary())                                # doctest: +SKIP""",
-)

@@ -18,7 +18,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpreg import _call
-from gpreg._docs import render_cost
 from gpreg.tools import cost as tc
 from gpreg_torch import _core
 from gpreg_torch._penalties import from_scores, get_penalty
@@ -196,6 +195,82 @@ def cost(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> tc.CostReport:
+    r"""What each penalty costs on your critic, batch and device (PyTorch), and the levers.
+
+    Times the critic *step* training runs — zero the gradients, the WGAN loss
+    :math:`\frac{1}{B}\sum D(\tilde x) - \frac{1}{B}\sum D(x)`, its gradient, an optimizer
+    step — without a penalty (*plain*) and with each penalty added to the loss, paired and
+    interleaved: in every round each step is timed once, in a shuffled order, and a ratio is
+    the median of the per-round ratios, with their min and max. The plain step is also timed
+    against itself (the *control*): its spread is the noise floor, and a difference inside it
+    is not a difference. Beside the times: the ratio of the steps' matmul and convolution
+    FLOPs, and of their peak memory. The levers:
+
+    - *lazy regularization* (StyleGAN2): the penalty only every :math:`N`-th batch, as a step
+      of its own (the penalty, its gradient, an optimizer step: the *alone* step, timed too),
+      costs :math:`(N \cdot t_\text{plain} + t_\text{alone}) / (N \cdot t_\text{plain})` per
+      batch against the plain step, for each :math:`N` in ``lazy``;
+    - *forward reuse*: R1 and R2 also get a ``from_scores`` step, the penalty taken from
+      the scores of the adversarial loss's own forward pass (:func:`from_scores`), and the
+      share of the penalized step it saves.
+
+    Every step runs eagerly, as written (``torch.compile`` has no double backward);
+    on CUDA each timed sample is bracketed by ``torch.cuda.synchronize``. FLOPs are
+    ``torch.utils.flop_counter``'s matmul and convolution count; memory is the peak tensor
+    memory a step allocates (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the memory
+    events of ``torch.profiler``, which follow the CPU allocator).
+
+    The critic's parameters, buffers and gradients and the optimizer's state are restored
+    afterwards: measuring does not train the critic.
+
+    Args:
+        critic: the critic, as in :func:`wgan_gp` (the module or model itself: its
+            parameters are what the step's optimizer updates).
+        real: a real batch (a tensor, or a tuple of tensors for a multi-input critic), of the
+            size you train with.
+        fake: a generated batch of the same shape; ``None`` uses ``real`` rolled by one
+            sample (the cost does not depend on the values).
+        penalties: the penalties to measure, by name (any registered name); ``None``:
+            ``wgan_gp`` and ``r1``, one evaluated at new points and one at the data.
+        args, kwargs, output: as in :func:`wgan_gp`; passed to every critic call of the plain
+            step and of the penalty steps.
+        optimizer: a ``torch.optim.Optimizer`` over the critic's parameters; ``None``: Adam (lr
+            1e-4, betas (0, 0.9)), WGAN-GP's.
+        lazy: the intervals :math:`N` of the lazy-regularization lever; ``()`` skips it (and
+            the alone steps).
+        rounds: timed rounds (each step once per round; 11 by default, 3 for a quick look).
+        warmup: untimed calls of every step after its first call (the first call, which
+            traces and compiles where the framework does, is timed and reported apart).
+        min_sample_s: a timed sample repeats a step until it lasts about this long (0: one
+            step per sample).
+        flops: count the FLOPs of each step.
+        memory: measure the peak memory of each step.
+        seed: seed of the penalties' random draws and of the order of the steps in a round.
+        progress: called with a short message at each stage (``gpreg cost`` prints them to
+            stderr).
+
+    Returns:
+        A :class:`gpreg.tools.cost.CostReport`: ``summary()`` is the table (one row per step)
+        with the one-line ``reading()``; ``report["wgan_gp"]`` has one penalty's ratios
+        (``ratio``, ``flop_ratio``, ``memory_ratio``, ``lazy[N]``, ``reuse_saving``);
+        ``to_dict()`` is JSON-ready.
+
+    Raises:
+        ValueError: an empty ``penalties``, a bad ``lazy`` interval, ``rounds`` < 1, and as in
+            :func:`wgan_gp`.
+        KeyError: an unknown penalty name (``gpreg.UnknownPenaltyError``).
+        TypeError: a critic without parameters and no ``optimizer``, and as in
+            :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> critic = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LeakyReLU(0.2),
+        ...                              torch.nn.Linear(16, 1))
+        >>> report = gp.cost(critic, torch.randn(32, 8), rounds=3, min_sample_s=0, memory=False)
+        >>> print(report.summary())                                # doctest: +SKIP
+        >>> round(report["wgan_gp"].flop_ratio, 2)                 # matmul FLOPs vs plain
+        2.34
+    """
     names, intervals = tc.check_options(WHERE, penalties, lazy, rounds, warmup, min_sample_s)
     real_parts = _core._parts(WHERE, "real", real)
     if fake is None:
@@ -289,24 +364,3 @@ def cost(
             seed=seed, progress=progress)
     finally:
         saved.restore()
-
-
-cost.__doc__ = render_cost(
-    framework="PyTorch",
-    how="""Every step runs eagerly, as written (``torch.compile`` has no double backward);
-    on CUDA each timed sample is bracketed by ``torch.cuda.synchronize``. FLOPs are
-    ``torch.utils.flop_counter``'s matmul and convolution count; memory is the peak tensor
-    memory a step allocates (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the memory
-    events of ``torch.profiler``, which follow the CPU allocator).""",
-    optimizer="a ``torch.optim.Optimizer`` over the critic's parameters",
-    reuse="""*forward reuse*: R1 and R2 also get a ``from_scores`` step, the penalty taken from
-      the scores of the adversarial loss's own forward pass (:func:`from_scores`), and the
-      share of the penalized step it saves.""",
-    example="""        >>> import torch, gpreg_torch as gp
-        >>> critic = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LeakyReLU(0.2),
-        ...                              torch.nn.Linear(16, 1))
-        >>> report = gp.cost(critic, torch.randn(32, 8), rounds=3, min_sample_s=0, memory=False)
-        >>> print(report.summary())                                # doctest: +SKIP
-        >>> round(report["wgan_gp"].flop_ratio, 2)                 # matmul FLOPs vs plain
-        2.34""",
-)

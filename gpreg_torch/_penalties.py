@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from gpreg._docs import render
 from gpreg._specs import BUILTIN_NAMES, Shape, bind, get_spec
 from gpreg_torch import _core
 
@@ -17,81 +16,7 @@ Critic = Callable[..., Tensor]
 Points = Any  # a tensor, or a tuple/list of tensors for a multi-input critic
 Output = int | str | Callable[[Any], Any] | None  # picks the scores out of a structured output
 
-EXAMPLES: dict[str, str] = {
-    "wgan_gp": """        >>> import torch, gpreg_torch as gp
-        >>> critic = lambda x: 2 * x.sum(dim=1)          # input gradient (2, 2, 2, 2), norm 4
-        >>> real, fake = torch.ones(3, 4), torch.zeros(3, 4)
-        >>> gp.wgan_gp(critic, real, fake, alpha=torch.full((3,), 0.5))
-        tensor(90.)""",
-    "wgan_lp": """        >>> import torch, gpreg_torch as gp
-        >>> critic = lambda x: 0.5 * x.sum(dim=1)        # norm 1 < target 2: no penalty
-        >>> gp.wgan_lp(critic, torch.ones(2, 4), torch.zeros(2, 4), target=2.0)
-        tensor(0.)""",
-    "zero_gp": """        >>> import torch, gpreg_torch as gp
-        >>> gp.zero_gp(lambda x: 2 * x.sum(dim=1), torch.ones(2, 4), torch.zeros(2, 4))
-        tensor(160.)""",
-    "max_gp": """        >>> import torch, gpreg_torch as gp
-        >>> critic = lambda x: (x ** 2).sum(dim=1)         # gradient 2x: largest at x = 1
-        >>> a = torch.tensor([1.0, 0.5])
-        >>> float(gp.max_gp(critic, torch.ones(2, 1), torch.zeros(2, 1), alpha=a))
-        40.0""",
-    "r1": """        >>> import torch, gpreg_torch as gp
-        >>> gp.r1(lambda x: 2 * x.sum(dim=1), torch.ones(2, 4))    # 10/2 * 16
-        tensor(80.)""",
-    "r2": """        >>> import torch, gpreg_torch as gp
-        >>> gp.r2(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4), gamma=1.0)
-        tensor(8.)""",
-    "dragan": """        >>> import torch, gpreg_torch as gp
-        >>> gp.dragan(lambda x: 2 * x.sum(dim=1), torch.randn(3, 4), alpha=torch.zeros(3))
-        tensor(90.)
-        >>> critic = lambda x: 2 * x.sum(dim=1)          # the norm is 4 everywhere
-        >>> gp.dragan(critic, torch.randn(3, 4), shape="squared", perturbation="gaussian")
-        tensor(160.)""",
-    "wgan_div": """        >>> import torch, gpreg_torch as gp
-        >>> critic = lambda x: x.sum(dim=1) / 2          # input gradient (1/2, ...), norm 1
-        >>> real, fake = torch.ones(3, 4), torch.zeros(3, 4)
-        >>> gp.wgan_div(critic, real, fake)                # k * 1 ** 6
-        tensor(2.)
-        >>> gp.wgan_div(lambda x: x.sum(dim=1), real, fake, points="real_fake", p=2.0)
-        tensor(8.)""",
-    "gradient_penalty": """        >>> import torch, gpreg_torch as gp
-        >>> gp.gradient_penalty(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4), shape="squared")
-        tensor(16.)
-    """,
-    "grad_norm": """        >>> import torch, gpreg_torch as gp
-        >>> gp.grad_norm(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4))
-        tensor([4., 4.])
-    """,
-}
 
-_RNG = {
-    "alpha": "        generator: ``torch.Generator`` for the draw of ``alpha``.\n",
-    "draws": "        generator: ``torch.Generator`` for the draws.\n",
-    "name": "``generator``",
-    "name_plain": "generator",
-    "scaler": "        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision: the inner\n"
-    "            gradient is taken of the scaled output (its current scale, read without a\n"
-    "            device sync and capped at 2**15, below float16's maximum) and unscaled out\n"
-    "            of place, and the norm is computed in float32. Then\n"
-    "            ``scaler.scale(loss).backward()`` as usual. Also an object that holds the\n"
-    "            scaler as ``.scaler``: an ``accelerate.Accelerator`` (then\n"
-    "            ``accelerator.backward(loss)``) or a Lightning precision plugin\n"
-    "            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);\n"
-    "            under their bf16 or 32-bit precision there is no scaler, and none is used.\n",
-}
-
-
-def _documented(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Attach the shared specification (``gpreg._docs``) with this adapter's example."""
-
-    def attach(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn.__doc__ = render(name, example=EXAMPLES[name], rng=_RNG, tensor="torch.Tensor")
-        return fn
-
-    return attach
-
-
-@_documented("wgan_gp")
 def wgan_gp(
     critic: Critic,
     real: Points,
@@ -111,6 +36,107 @@ def wgan_gp(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""WGAN-GP: two-sided gradient penalty at random interpolates of real and fake.
+
+    :math:`\lambda` is ``weight``, :math:`t` is ``target``, :math:`x` is ``real``,
+    :math:`\tilde x` is ``fake``, :math:`\alpha` is ``alpha`` and :math:`D` is ``critic``:
+
+    .. math::
+
+        \hat x_i = \alpha_i x_i + (1 - \alpha_i)\,\tilde x_i, \qquad
+        n_i = \lVert \nabla_{\hat x_i} D(\hat x_i) \rVert_2, \qquad
+        \mathrm{GP} = \frac{\lambda}{B} \sum_{i=1}^{B} (n_i - t)^2 .
+
+    With ``ratio=True`` the per-sample term is :math:`(n_i / t - 1)^2` (TF-GAN's and
+    ProGAN's form, equal to :math:`(n_i - t)^2 / t^2`).
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic: callable mapping the points to scores of shape ``(B,)`` or ``(B, ...)``.
+        real: real batch (a tensor, or a tuple of tensors for a multi-input critic).
+        fake: generated batch, same shape(s) as ``real``.
+        weight: :math:`\lambda`, non-negative (default 10, as in the paper).
+        target: :math:`t`, the gradient norm the penalty pulls towards (default 1).
+        ratio: use the ratio form :math:`(n/t - 1)^2`.
+        alpha: interpolation weights, shape ``(B,)`` (or ``(B, 1, ..., 1)``), or a number
+            for all samples; ``None`` draws :math:`\alpha_i \sim U[0, 1)` per sample.
+        generator: ``torch.Generator`` for the draw of ``alpha``.
+        args: extra positional arguments for the critic after the points (labels, class
+            embeddings, StyleGAN's ``c``): never differentiated nor interpolated; tensors in
+            it need the batch as leading dimension (one row per evaluation point). Pass the
+            critic module itself with ``args=`` rather than a closure: gpreg then sees the
+            module (data parallelism, BatchNorm, compiled and recurrent critics).
+        kwargs: extra keyword arguments for the critic (``{"training": True}`` in Keras).
+        output: which part of a structured output is the score: an index, a key or
+            attribute name, or a callable (``output="adv_output"``, ``output=0``,
+            ``output=lambda o: o.logits``); ``None`` for a critic that returns the scores.
+        reduction: ``"mean"`` (default), ``"sum"``, ``"max"`` or ``"none"`` (the scaled
+            per-sample vector of shape ``(B,)``).
+        create_graph: keep the graph of the input gradient so the penalty is differentiable
+            with respect to the critic's parameters (double backprop). ``False`` is for
+            evaluation only: a plain value (as under ``torch.no_grad()`` in PyTorch). In
+            PyTorch, with a graph and the critic passed as a module, every parameter of the
+            critic gets a gradient from the penalty, an exact zero where the penalty does not
+            reach it (as StyleGAN2-ADA's ``logits * 0``), so that Adam and DDP see it.
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision: the inner
+            gradient is taken of the scaled output (its current scale, read without a
+            device sync and capped at 2**15, below float16's maximum) and unscaled out
+            of place, and the norm is computed in float32. Then
+            ``scaler.scale(loss).backward()`` as usual. Also an object that holds the
+            scaler as ``.scaler``: an ``accelerate.Accelerator`` (then
+            ``accelerator.backward(loss)``) or a Lightning precision plugin
+            (``self.trainer.precision_plugin``, then ``self.manual_backward(loss)``);
+            under their bf16 or 32-bit precision there is no scaler, and none is used.
+        global_batch_size: under data parallelism where gradients are *summed* over
+            replicas (``tf.distribute``, Keras's optimizers), the batch size over all
+            replicas: ``reduction="mean"`` then divides the local sum by it, so the summed
+            gradient is that of the global mean. Leave ``None`` under PyTorch DDP, which
+            averages.
+        check_finite: raise ``FloatingPointError`` naming the samples whose points, critic
+            output or input gradient are NaN or Inf (opt-in: it waits for the device).
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``), float32 or wider.
+
+    Raises:
+        ValueError: shapes of ``real`` and ``fake`` differ, ``alpha`` has the wrong shape,
+            the batch is empty, the critic's output does not lead with the batch, unknown
+            ``reduction``, negative or non-finite ``weight``/``target``, a tensor in ``args``
+            whose leading dimension is not the batch, ``output`` that selects nothing.
+        TypeError: integer/bool points (labels belong in ``args``), a critic returning
+            something other than a tensor (a tuple or dict without ``output``: the message
+            names its keys), ``args`` not a tuple, ``kwargs`` not a dict, a ``scaler`` of
+            the wrong kind.
+        RuntimeError: the critic's output does not depend on its input; in PyTorch, a call
+            under ``torch.inference_mode()``.
+
+    An exception that the critic itself raises on the points propagates unchanged (in
+    PyTorch with a note that gives the points' shapes, and the layout hint for errors
+    about shapes).
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> critic = lambda x: 2 * x.sum(dim=1)          # input gradient (2, 2, 2, 2), norm 4
+        >>> real, fake = torch.ones(3, 4), torch.zeros(3, 4)
+        >>> gp.wgan_gp(critic, real, fake, alpha=torch.full((3,), 0.5))
+        tensor(90.)
+
+    .. warning::
+        The paper evaluates the penalty without BatchNorm in the critic (it couples samples,
+        making per-sample gradients wrong); use LayerNorm or none.
+
+    References:
+        Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville. Improved Training of Wasserstein
+        GANs. NeurIPS 2017. arXiv:1704.00028.
+    """
     return _core.run(
         "wgan_gp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, generator=generator,
@@ -120,7 +146,6 @@ def wgan_gp(
     )
 
 
-@_documented("wgan_lp")
 def wgan_lp(
     critic: Critic,
     real: Points,
@@ -140,6 +165,46 @@ def wgan_lp(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""WGAN-LP: one-sided Lipschitz penalty at random interpolates.
+
+    Symbols as in :func:`wgan_gp`; only norms above the target are penalized:
+
+    .. math::
+
+        \mathrm{LP} = \frac{\lambda}{B} \sum_{i=1}^{B} \max(0,\, n_i - t)^2 .
+
+    With ``ratio=True`` the term is :math:`\max(0, n_i / t - 1)^2`.
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic, real, fake, weight, target, ratio, alpha, generator, args: as in :func:`wgan_gp`.
+        kwargs, output, reduction, create_graph, scaler, global_batch_size: as in :func:`wgan_gp`.
+        check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> critic = lambda x: 0.5 * x.sum(dim=1)        # norm 1 < target 2: no penalty
+        >>> gp.wgan_lp(critic, torch.ones(2, 4), torch.zeros(2, 4), target=2.0)
+        tensor(0.)
+
+    References:
+        Petzka, Fischer, Lukovnikov. On the Regularization of Wasserstein GANs. ICLR 2018.
+        arXiv:1709.08894.
+    """
     return _core.run(
         "wgan_lp", critic, real=real, fake=fake, weight=weight, target=target, ratio=ratio,
         alpha=alpha, generator=generator,
@@ -149,7 +214,6 @@ def wgan_lp(
     )
 
 
-@_documented("zero_gp")
 def zero_gp(
     critic: Critic,
     real: Points,
@@ -167,6 +231,42 @@ def zero_gp(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""0-GP: zero-centred gradient penalty at random interpolates.
+
+    Symbols as in :func:`wgan_gp`:
+
+    .. math::
+
+        \mathrm{0GP} = \frac{\lambda}{B} \sum_{i=1}^{B} n_i^2 .
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic, real, fake, weight, alpha, generator, args, kwargs, output: as in :func:`wgan_gp`.
+        reduction, create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.zero_gp(lambda x: 2 * x.sum(dim=1), torch.ones(2, 4), torch.zeros(2, 4))
+        tensor(160.)
+
+    References:
+        Thanh-Tung, Tran, Venkatesh. Improving Generalization and Stability of Generative
+        Adversarial Networks. ICLR 2019. arXiv:1902.03984.
+    """
     return _core.run(
         "zero_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         generator=generator,
@@ -176,7 +276,6 @@ def zero_gp(
     )
 
 
-@_documented("max_gp")
 def max_gp(
     critic: Critic,
     real: Points,
@@ -194,6 +293,48 @@ def max_gp(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""Max-GP (LGAN): the largest squared gradient norm over the interpolates of the batch.
+
+    Symbols as in :func:`wgan_gp`:
+
+    .. math::
+
+        \mathrm{MaxGP} = \lambda \max_{i} n_i^2 .
+
+    ``reduction`` defaults to ``"max"``; ``"none"`` gives the per-sample
+    :math:`\lambda n_i^2` and ``"mean"`` makes it :func:`zero_gp`.
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic, real, fake, weight, alpha, generator, args, kwargs, output: as in :func:`wgan_gp`.
+        create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        reduction: ``"max"`` (default), ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> critic = lambda x: (x ** 2).sum(dim=1)         # gradient 2x: largest at x = 1
+        >>> a = torch.tensor([1.0, 0.5])
+        >>> float(gp.max_gp(critic, torch.ones(2, 1), torch.zeros(2, 1), alpha=a))
+        40.0
+
+    References:
+        Zhou, Liang, Song, Yu, Wang, Zhang, Yu, Zhang. Lipschitz Generative Adversarial Nets.
+        ICML 2019. arXiv:1902.05687.
+    """
     return _core.run(
         "max_gp", critic, real=real, fake=fake, weight=weight, alpha=alpha,
         generator=generator,
@@ -203,7 +344,6 @@ def max_gp(
     )
 
 
-@_documented("r1")
 def r1(
     critic: Critic,
     real: Points,
@@ -218,6 +358,47 @@ def r1(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""R1: zero-centred gradient penalty on real data.
+
+    :math:`\gamma` is ``gamma``, :math:`x` is ``real``, :math:`D` is ``critic``:
+
+    .. math::
+
+        R_1 = \frac{\gamma}{2} \cdot \frac{1}{B} \sum_{i=1}^{B}
+              \lVert \nabla_{x_i} D(x_i) \rVert_2^2 .
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        real: real batch (tensor or tuple of tensors).
+        gamma: :math:`\gamma`, non-negative (default 10, the paper's; StyleGAN2-ADA's
+            fixed presets use 0.5 to 10, and its automatic rule 0.0002·resolution²/batch).
+        args, kwargs, output, reduction, create_graph, scaler: as in :func:`wgan_gp`.
+        global_batch_size, check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.r1(lambda x: 2 * x.sum(dim=1), torch.ones(2, 4))    # 10/2 * 16
+        tensor(80.)
+
+    References:
+        Mescheder, Geiger, Nowozin. Which Training Methods for GANs do actually Converge?
+        ICML 2018. arXiv:1801.04406.
+    """
     return _core.run(
         "r1", critic, real=real, weight=gamma,
         args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
@@ -226,7 +407,6 @@ def r1(
     )
 
 
-@_documented("r2")
 def r2(
     critic: Critic,
     fake: Points,
@@ -241,6 +421,47 @@ def r2(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""R2: zero-centred gradient penalty on generated data.
+
+    :math:`\tilde x` is ``fake``, other symbols as in :func:`r1`:
+
+    .. math::
+
+        R_2 = \frac{\gamma}{2} \cdot \frac{1}{B} \sum_{i=1}^{B}
+              \lVert \nabla_{\tilde x_i} D(\tilde x_i) \rVert_2^2 .
+
+    R3GAN (NeurIPS 2024) uses R1 and R2 together.
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        fake: generated batch (tensor or tuple of tensors).
+        gamma, args, kwargs, output, reduction, create_graph, scaler: as in :func:`r1`.
+        global_batch_size, check_finite: as in :func:`r1`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.r2(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4), gamma=1.0)
+        tensor(8.)
+
+    References:
+        Mescheder, Geiger, Nowozin. Which Training Methods for GANs do actually Converge?
+        ICML 2018. arXiv:1801.04406.
+    """
     return _core.run(
         "r2", critic, fake=fake, weight=gamma,
         args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
@@ -249,7 +470,6 @@ def r2(
     )
 
 
-@_documented("dragan")
 def dragan(
     critic: Critic,
     real: Points,
@@ -273,6 +493,83 @@ def dragan(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""DRAGAN: gradient penalty around perturbed real data (two-sided, or any shape).
+
+    :math:`x` is ``real``, :math:`u` is ``noise``, :math:`\alpha` is ``alpha``, :math:`c` is
+    ``c``, :math:`\lambda` is ``weight``, :math:`t` is ``target``, :math:`\phi` is ``shape``;
+    :math:`\sigma` is the standard deviation of all elements of the real batch (a constant;
+    population by default, unbiased with ``ddof=1``). The reference code's perturbation
+    (``perturbation="uniform"``, the default) and the paper's (``"gaussian"``):
+
+    .. math::
+
+        \hat x_i = x_i + \alpha_i \, c \, \sigma \, u_i \quad\text{or}\quad
+        \hat x_i = x_i + \sqrt{c}\, u_i,\ u_i \sim N(0, I), \qquad
+        \mathrm{DRAGAN} = \frac{\lambda}{B} \sum_{i=1}^{B} \phi(n_i),
+
+    with :math:`\phi(n) = (n - t)^2` by default.
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        real: real batch (tensor or tuple of tensors; :math:`\sigma` is taken per part).
+        weight, target, ratio, args, kwargs, output, reduction: as in :func:`wgan_gp`.
+        create_graph, scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+        c: with ``"uniform"``, the perturbation's scale relative to :math:`\sigma` (default
+            0.5, the reference code's ``0.5 * std``); with ``"gaussian"``, the *variance*
+            :math:`c` of :math:`\delta \sim N(0, cI)` (its standard deviation is
+            :math:`\sqrt{c}`).
+        shape: the penalty on each norm, as in :func:`gradient_penalty`: ``"two_sided"``
+            (default), ``"one_sided"`` (DRAGAN-LP), ``"squared"`` (zero-centred), ``"power"``
+            or a :class:`gpreg.Shape`; ``target`` and ``ratio`` apply to the first two.
+        perturbation: ``"uniform"`` (the authors' reference code) or ``"gaussian"`` (the
+            paper's :math:`x + \delta`, :math:`\delta \sim N(0, cI)`, no :math:`\alpha`).
+        ddof: 0 (default) for the population :math:`\sigma` (the reference code's NumPy
+            ``std()``), 1 for the unbiased one (``torch.std``'s default, which public PyTorch
+            DRAGAN code uses). Only the uniform form uses :math:`\sigma`.
+        alpha: per-sample scale of the perturbation, shape ``(B,)``; ``None`` draws
+            :math:`U[0, 1)` (uniform form only).
+        noise: :math:`u`, shaped like ``real``; ``None`` draws it elementwise, :math:`U[0, 1)`
+            (or :math:`N(0, 1)` for ``"gaussian"``), after ``alpha`` and from the same
+            ``generator``.
+        generator: ``torch.Generator`` for the draws.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: as in :func:`wgan_gp`, ``noise`` not shaped like ``real``, an unknown
+            ``shape`` or ``perturbation``, ``ddof`` not 0 or 1, or ``alpha`` with
+            ``perturbation="gaussian"``.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.dragan(lambda x: 2 * x.sum(dim=1), torch.randn(3, 4), alpha=torch.zeros(3))
+        tensor(90.)
+        >>> critic = lambda x: 2 * x.sum(dim=1)          # the norm is 4 everywhere
+        >>> gp.dragan(critic, torch.randn(3, 4), shape="squared", perturbation="gaussian")
+        tensor(160.)
+
+    .. warning::
+        The paper perturbs with :math:`\delta \sim N(0, cI)`, :math:`c` a variance; the
+        default follows the authors' reference code (uniform noise scaled by
+        :math:`0.5\,\sigma`, then a random fraction :math:`\alpha` of it), which is what
+        "c = 0.5" in public code refers to. Public PyTorch ports take :math:`\sigma` with
+        ``torch.std``, i.e. ``ddof=1``, where the reference code's NumPy has ``ddof=0``.
+
+    References:
+        Kodali, Abernethy, Hays, Kira. On Convergence and Stability of GANs. 2017.
+        arXiv:1705.07215.
+    """
     return _core.run(
         "dragan", critic, real=real, weight=weight, target=target, ratio=ratio, c=c,
         shape=shape, perturbation=perturbation, ddof=ddof,
@@ -284,7 +581,6 @@ def dragan(
     )
 
 
-@_documented("wgan_div")
 def wgan_div(
     critic: Critic,
     real: Points,
@@ -304,6 +600,72 @@ def wgan_div(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""WGAN-div: the Wasserstein divergence's gradient term, k times the p-th power of the norm.
+
+    :math:`k` is ``k``, :math:`p` is ``p``, :math:`x` is ``real``, :math:`\tilde x` is ``fake``,
+    :math:`\alpha` is ``alpha`` and :math:`D` is ``critic``:
+
+    .. math::
+
+        \mathrm{DIV} = \frac{k}{B} \sum_{i=1}^{B} n_i^{\,p}, \qquad
+        n_i = \lVert \nabla D(u_i) \rVert_2, \quad
+        u_i = \alpha_i x_i + (1 - \alpha_i)\,\tilde x_i ;
+
+    with ``points="real_fake"`` the critic is evaluated at the real and at the fake samples and
+    sample ``i``'s term is :math:`\tfrac{k}{2}\,(\lVert \nabla D(x_i) \rVert^p +
+    \lVert \nabla D(\tilde x_i) \rVert^p)` (two critic evaluations). The power of the exact norm
+    has a finite (zero) derivative where the input gradient is zero, for every :math:`p \ge 1`.
+
+    The critic is called as ``critic(*points, *args, **kwargs)``: the evaluation points (one
+    tensor, or the parts of a tuple as separate positional arguments; a Keras Functional
+    model with several inputs gets them as one list), then the conditioning in ``args`` and
+    ``kwargs``, passed through untouched. Its output (or the part of it that ``output``
+    picks) keeps the batch as leading dimension and is summed per sample. :math:`n_i` is
+    the Euclidean norm of the gradient of sample ``i``'s summed output with respect to all
+    of sample ``i``'s input elements. The points, ``args`` and ``kwargs`` are detached: no
+    gradient reaches ``real`` or ``fake`` (nor the generator behind them).
+
+    Args:
+        critic, real, fake: as in :func:`wgan_gp`.
+        k: :math:`k`, non-negative (default 2, the paper's recommendation).
+        p: :math:`p \ge 1` (default 6, the paper's recommendation).
+        points: ``"interpolates"`` (default; the authors' code, as WGAN-GP) or
+            ``"real_fake"`` (the real and the fake samples, :math:`k/2` on each:
+            PyTorch-GAN's ``wgan_div``).
+        alpha: as in :func:`wgan_gp`; interpolates only.
+        generator: ``torch.Generator`` for the draw of ``alpha``.
+        args, kwargs, output, reduction, create_graph, scaler: as in :func:`wgan_gp`.
+        global_batch_size, check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: as in :func:`wgan_gp`, ``p`` below 1, an unknown ``points``, or ``alpha``
+            with ``points="real_fake"``.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> critic = lambda x: x.sum(dim=1) / 2          # input gradient (1/2, ...), norm 1
+        >>> real, fake = torch.ones(3, 4), torch.zeros(3, 4)
+        >>> gp.wgan_div(critic, real, fake)                # k * 1 ** 6
+        tensor(2.)
+        >>> gp.wgan_div(lambda x: x.sum(dim=1), real, fake, points="real_fake", p=2.0)
+        tensor(8.)
+
+    .. warning::
+        The paper recommends :math:`k = 2`, :math:`p = 6`; the authors' released code uses
+        :math:`p = 6` at interpolates but a weight of 10 (``k=10.0`` reproduces it), and
+        PyTorch-GAN evaluates at the real and the fake samples (``points="real_fake"``).
+        Code that writes ``sum(g**2) ** (p / 2)`` gets NaN at a zero gradient for
+        :math:`p < 2`; code that raises ``sum(g**2)`` itself to :math:`p` computes
+        :math:`n^{2p}`.
+
+    References:
+        Wu, Huang, Thoma, Acharya, Van Gool. Wasserstein Divergence for GANs. ECCV 2018.
+        arXiv:1712.01026.
+    """
     return _core.run(
         "wgan_div", critic, real=real, fake=fake, weight=k, shape_params={"p": p},
         points=points, alpha=alpha, generator=generator,
@@ -314,7 +676,6 @@ def wgan_div(
     )
 
 
-@_documented("gradient_penalty")
 def gradient_penalty(
     critic: Critic,
     points: Points,
@@ -332,6 +693,39 @@ def gradient_penalty(
     global_batch_size: int | None = None,
     check_finite: bool = False,
 ) -> Tensor:
+    r"""Any built-in penalty shape at points you choose (custom recipes, no private API).
+
+    :math:`\hat x` is ``points``, :math:`\phi` is ``shape``, :math:`\lambda` is ``weight``:
+
+    .. math::
+
+        \frac{\lambda}{B} \sum_{i=1}^{B} \phi(n_i), \qquad
+        \phi \in \{(n - t)^2,\ \max(0, n - t)^2,\ n^2,\ n^p\} .
+
+    The points are used as given (detached); draw them however your recipe needs.
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        points: where to evaluate (a tensor or a tuple of tensors).
+        shape: ``"two_sided"``, ``"one_sided"``, ``"squared"``, ``"power"`` (:math:`n^6`;
+            ``gpreg.SHAPES["power"].with_params(p=...)`` for another :math:`p \ge 1`) or a
+            :class:`gpreg.Shape`.
+        weight: :math:`\lambda` (default 1).
+        target, ratio, args, kwargs, output, reduction, create_graph: as in :func:`wgan_gp`.
+        scaler, global_batch_size, check_finite: as in :func:`wgan_gp`.
+
+    Returns:
+        A scalar tensor (or ``(B,)`` for ``reduction="none"``).
+
+    Raises:
+        ValueError: unknown ``shape``, and as in :func:`wgan_gp`.
+        TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.gradient_penalty(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4), shape="squared")
+        tensor(16.)
+    """
     return _core.generic(
         critic, points, shape=shape, weight=weight, target=target, ratio=ratio,
         args=args, kwargs=kwargs, output=output, reduction=reduction, create_graph=create_graph,
@@ -340,7 +734,6 @@ def gradient_penalty(
     )
 
 
-@_documented("grad_norm")
 def grad_norm(
     critic: Critic,
     points: Points,
@@ -350,6 +743,32 @@ def grad_norm(
     output: Output = None,
     create_graph: bool = True,
 ) -> Tensor:
+    r"""Per-sample input-gradient norms :math:`n_i = \lVert \nabla_{x_i} D(x_i) \rVert_2`.
+
+    For custom penalties, logging and diagnostics (e.g. the mean norm at interpolates).
+    Exact across the float range, with a finite gradient where the input gradient is zero.
+    By default the norms keep their graph, so a penalty built from them trains the critic,
+    as the built-in penalties do; for logging, pass ``create_graph=False`` (a plain value,
+    cheaper).
+
+    Args:
+        critic: as in :func:`wgan_gp`.
+        points: a tensor or a tuple of tensors.
+        args, kwargs, output: as in :func:`wgan_gp`.
+        create_graph: keep the graph (default), so that the norms are differentiable with
+            respect to the critic's parameters; ``False`` for evaluation only.
+
+    Returns:
+        Tensor of shape ``(B,)``, float32 or wider.
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as in :func:`wgan_gp`.
+
+    Example:
+        >>> import torch, gpreg_torch as gp
+        >>> gp.grad_norm(lambda x: 2 * x.sum(dim=1), torch.zeros(2, 4))
+        tensor([4., 4.])
+    """
     return _core.grad_norm(critic, points, create_graph=create_graph,
                            where="gpreg_torch.grad_norm", args=args, kwargs=kwargs,
                            output=output)
