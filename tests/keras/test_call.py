@@ -253,3 +253,41 @@ def test_stateless_critic_takes_args_like_the_model():
     np.testing.assert_allclose(got, want, rtol=1e-12)
     with pytest.raises(ValueError, match="training=True and is called with training=False"):
         gp.stateless_critic(model, training=True)(x, labels, training=False)
+
+
+class StyleD(keras.Model):
+    """A StyleGAN2-ADA-shaped critic, ``call(self, img, c)``: image features projected on the
+    mapped conditioning ``c`` (a float one-hot), channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__(dtype="float64")
+        self.conv = layers.Conv2D(4, 3, padding="same", dtype="float64", name="conv")
+        self.fc = dense(8, "fc")
+        self.mapping = dense(8, "mapping")
+        self.out = dense(8, "out")
+
+    def call(self, img, c):
+        h = ops.tanh(self.fc(ops.reshape(ops.softplus(self.conv(img)), (-1, 4 * 4 * 4))))
+        return ops.sum(self.out(h) * self.mapping(c), axis=1) / 8 ** 0.5
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["wgan_gp", "r1", "r2", "dragan"])
+def test_stylegan_critic_with_c_in_args(name, mode):
+    keras.utils.set_random_seed(8)
+    model = StyleD()
+    rng = np.random.default_rng(9)
+    real, fake = [rng.normal(size=(B, 4, 4, 2))], [rng.normal(size=(B, 4, 4, 2))]
+    c = np.eye(3)[np.arange(B) % 3]
+    model(tensors(real)[0], ops.convert_to_tensor(c, dtype="float64"))
+    c64 = as64(c)
+
+    def twin(w, img):
+        k = w["conv/kernel"].permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        x = torch.nn.functional.conv2d(img.permute(0, 3, 1, 2), k, w["conv/bias"], padding=1)
+        h = torch.nn.functional.softplus(x).permute(0, 2, 3, 1).reshape(B, -1)
+        h = torch.tanh(twin_dense(w, "fc")(h))
+        return (twin_dense(w, "out")(h) * twin_dense(w, "mapping")(c64)).sum(dim=1) / 8 ** 0.5
+
+    check(name, model, real, fake, twin, mode,
+          args=(ops.convert_to_tensor(c, dtype="float64"),))
