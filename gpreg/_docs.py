@@ -697,8 +697,7 @@ def render(name: str, *, example: str, rng: dict[str, str], tensor: str) -> str:
 #: file (relative to the repository root) and the functions in it.
 GENERATED: dict[str, dict[str, tuple[str, ...]]] = {
     adapter: {
-        f"{adapter}/_penalties.py": tuple(TEMPLATES),
-        f"{adapter}/_check.py": ("check_critic",),
+        f"{adapter}/_penalties.py": (*TEMPLATES, "check_critic"),
         f"{adapter}/_cost.py": ("cost",),
     }
     for adapter in ("gpreg_torch", "gpreg_keras")
@@ -720,7 +719,7 @@ def generated() -> dict[tuple[str, str], str]:
         for name in TEMPLATES:
             out[(f"{adapter}/_penalties.py", name)] = render(name, example=examples[name],
                                                              rng=rng, tensor=tensor)
-        out[(f"{adapter}/_check.py", "check_critic")] = render_check(
+        out[(f"{adapter}/_penalties.py", "check_critic")] = render_check(
             framework, getattr(text, f"{tag}_CHECK_EXAMPLE"))
         out[(f"{adapter}/_cost.py", "cost")] = render_cost(**getattr(text, f"{tag}_COST"))
     return out

@@ -9,9 +9,9 @@ The backend is Keras's (``KERAS_BACKEND``). On JAX, pass a pure critic — see
 
 from gpreg._lazy import LazyRegularization as LazyRegularization
 from gpreg._specs import _load_plugins
-from gpreg_keras._check import check_critic as check_critic
 from gpreg_keras._cost import cost as cost
 from gpreg_keras._exact import exact_moments as exact_moments
+from gpreg_keras._penalties import check_critic as check_critic
 from gpreg_keras._penalties import dragan as dragan
 from gpreg_keras._penalties import get_penalty as get_penalty
 from gpreg_keras._penalties import grad_norm as grad_norm

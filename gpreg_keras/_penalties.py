@@ -4,11 +4,12 @@ specification, shared with ``gpreg_torch`` through ``gpreg._docs``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from gpreg._check import CheckReport
 from gpreg._specs import BUILTIN_NAMES, Shape, bind, get_spec
-from gpreg_keras import _core
+from gpreg_keras import _check, _core
 
 Tensor = Any  # a tensor of the active Keras backend
 Critic = Callable[..., Tensor]
@@ -794,6 +795,101 @@ def grad_norm(
     """
     return _core.grad_norm("gpreg_keras.grad_norm", critic, points, create_graph, args=args,
                            kwargs=kwargs, output=output)
+
+
+def check_critic(
+    critic: Any,
+    real: Any,
+    fake: Any = None,
+    *,
+    penalties: str | Sequence[str] | None = None,
+    directions: int = 3,
+    eps: float | None = None,
+    rtol: float | None = None,
+    dtype: str | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    output: Any = None,
+    training: bool | None = None,
+    seed: Any = None,
+) -> CheckReport:
+    r"""Check that gpreg's penalties differentiate correctly through ``critic``: run it first.
+
+    A gradient penalty's parameter gradient is a second derivative of the critic (double
+    backprop). A layer that is right to first order but not to second order leaves the penalty's
+    value right and its gradient silently wrong — Keras 3's normalization layers on TensorFlow
+    were such a case (gpreg corrects them inside its own calls). This function compares each
+    penalty's parameter gradient with central finite differences of the penalty's value along
+    ``directions`` random directions per parameter group (each variable), and reports the
+    relative error per penalty and group. It also reports **sample coupling** (moving sample
+    :math:`j`'s input moves sample :math:`i`'s score: batch normalization in training mode),
+    non-finite values or gradients, and errors raised by double backprop, with their fixes.
+
+    The critic itself is never run nor changed: a Keras 3 model goes through ``stateless_call``
+    with the parameter values as arguments (rebuilt from its config when the check runs in
+    another dtype), a tf-keras model is rebuilt; your variables, moving statistics, seed
+    generators and Python's and NumPy's random state stay as they were. The check runs in
+    float64 on TensorFlow (the model rebuilt with a float64 dtype policy) and in float32 on JAX
+    and torch, where Keras 3 computes some float64 operations in float32 (a larger step, a
+    looser tolerance; the report says so). The evaluation points use a fixed ``alpha`` and
+    DRAGAN ``noise``, and every evaluation starts from the same random seed and the same buffers
+    or non-trainable state, so each penalty is a deterministic function of the parameters
+    (dropout draws the same mask each time).
+
+    Args:
+        critic: a Keras 3 model or layer (on every backend), a :func:`stateless_critic` closure,
+            or a tf-keras (Keras 2) model on TensorFlow, called as
+            ``critic(*points, *args, **kwargs)`` as in the penalties. A function, a lambda or a
+            ``functools.partial`` is refused (it could hide models that the check would run
+            instead of a copy): pass ``check_critic(D, real, fake, args=(labels,))`` for
+            ``lambda x: D(x, labels)``.
+        real: a batch of real samples (a tensor or NumPy array, or a tuple of them for a
+            multi-input critic); a few samples suffice (4–16).
+        fake: a batch shaped like ``real``; without it only the penalties evaluated at real data
+            (``r1``, ``dragan``) are checked.
+        penalties: a name or a list of names (any registered penalty); default: every built-in
+            that the data allow.
+        directions: random directions per parameter group.
+        eps: finite-difference step, relative to each group's root mean square; default ``1e-4``
+            in float64 and ``3e-3`` in float32.
+        rtol: largest accepted relative error; default ``1e-6`` in float64 and ``5e-3`` in
+            float32.
+        dtype: ``"float64"`` or ``"float32"``: the dtype of the copy. Default: float64 on
+            TensorFlow (float32 when the critic fails in float64), float32 on JAX and torch.
+            Check in float32 to test the kernels your float32 training runs: some layers pick
+            another implementation per dtype (tf-keras's LayerNormalization is fused, and exact,
+            only in float32).
+        args, kwargs, output: the critic's extra arguments and output selector, as in the
+            penalties (labels, ``kwargs={"training": True}``, ``output="adv_output"``); floating
+            tensors among them are cast to the check's dtype.
+        training: passed to the model's call (``None``: the model's default, inference).
+        seed: an int, a ``keras.random.SeedGenerator`` or a JAX key that seeds the check's draws
+            (points, directions); default: seed 0, so the same call gives the same report.
+
+    Returns:
+        CheckReport: (``gpreg.CheckReport``) ``ok``, ``errors``
+            (``{penalty: {group: relative error}}``), ``coupling``, ``nonfinite``,
+            ``failures()`` and ``summary()`` (also ``str(report)``).
+
+    Raises:
+        TypeError: ``critic`` is not a Keras model (a function is refused), or the data are not
+            arrays.
+        ValueError: a penalty needs ``fake`` and none was given; ``directions``, ``eps`` or
+            ``rtol`` out of range.
+
+    Example:
+        >>> import keras, numpy as np, gpreg_keras as gp
+        >>> critic = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8),
+        ...                            keras.layers.LayerNormalization(),
+        ...                            keras.layers.Activation("tanh"), keras.layers.Dense(1)])
+        >>> rng = np.random.default_rng(0)
+        >>> report = gp.check_critic(critic, rng.normal(size=(6, 3)), rng.normal(size=(6, 3)))
+        >>> report.ok
+        True
+    """
+    return _check.check(critic, real, fake, penalties=penalties, directions=directions,
+                        eps=eps, rtol=rtol, dtype=dtype, args=args, kwargs=kwargs,
+                        output=output, training=training, seed=seed)
 
 
 _PUBLIC: dict[str, Callable[..., Tensor]] = {

@@ -5,8 +5,8 @@
 """
 
 from gpreg._lazy import LazyRegularization as LazyRegularization
-from gpreg_torch._check import check_critic as check_critic
 from gpreg_torch._cost import cost as cost
+from gpreg_torch._penalties import check_critic as check_critic
 from gpreg_torch._penalties import dragan as dragan
 from gpreg_torch._penalties import from_scores as from_scores
 from gpreg_torch._penalties import get_penalty as get_penalty

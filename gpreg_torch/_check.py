@@ -190,7 +190,7 @@ def _copy(critic: Any) -> nn.Module:
                         f"attributes).") from exc
 
 
-def check_critic(
+def check(
     critic: nn.Module,
     real: Any,
     fake: Any = None,
@@ -206,75 +206,7 @@ def check_critic(
     training: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> CheckReport:
-    r"""Check that gpreg's penalties differentiate correctly through ``critic``: run it first.
-
-    A gradient penalty's parameter gradient is a second derivative of the critic (double
-    backprop). A layer that is right to first order but not to second order leaves the penalty's
-    value right and its gradient silently wrong. This function compares each penalty's parameter
-    gradient with central finite differences of the penalty's value along ``directions`` random
-    directions per parameter group (each parameter tensor), and reports the relative error per
-    penalty and group. It also reports **sample coupling** (moving sample :math:`j`'s input
-    moves sample :math:`i`'s score: batch normalization in training mode), non-finite values or
-    gradients, and errors raised by double backprop (a custom autograd Function marked
-    ``@once_differentiable``, ``torch.compile``, fused attention), with their fixes.
-
-    The critic itself is never run nor changed: the check runs on a float64 deep copy
-    (``copy.deepcopy``, then ``.to``), and the parameters, buffers (BatchNorm's statistics and
-    counter), mode and global RNG state of ``critic`` stay as they were. A critic that fails in
-    float64 is checked in float32, and the report says so. The evaluation points use a fixed
-    ``alpha`` and DRAGAN ``noise``, and every evaluation starts from the same random seed and
-    the same buffers or non-trainable state, so each penalty is a deterministic function of the
-    parameters (dropout draws the same mask each time).
-
-    Args:
-        critic: the ``nn.Module`` (or its DDP or ``torch.compile`` wrapper), called as
-            ``critic(*points, *args, **kwargs)`` as in the penalties. A function, a lambda or a
-            ``functools.partial`` is refused (it could hide models that the check would run
-            instead of a copy): pass ``check_critic(D, real, fake, args=(labels,))`` for
-            ``lambda x: D(x, labels)``.
-        real: a batch of real samples (a tensor, or a tuple of them for a multi-input critic); a
-            few samples suffice (4–16).
-        fake: a batch shaped like ``real``; without it only the penalties evaluated at real data
-            (``r1``, ``dragan``) are checked.
-        penalties: a name or a list of names (any registered penalty); default: every built-in
-            that the data allow.
-        directions: random directions per parameter group.
-        eps: finite-difference step, relative to each group's root mean square; default ``1e-4``
-            in float64 and ``3e-3`` in float32.
-        rtol: largest accepted relative error; default ``1e-6`` in float64 and ``5e-3`` in
-            float32.
-        dtype: ``"float64"`` or ``"float32"`` (or a ``torch.dtype``): the dtype of the copy.
-            Default: float64, or float32 when the critic fails in float64. Check in float32 when
-            kernels that only run in lower precision (fused attention, cuDNN) matter.
-        args, kwargs, output: the critic's extra arguments and output selector, as in the
-            penalties (labels, ``kwargs={"c": c}``, ``output="adv_output"``); floating tensors
-            among them are cast to the check's dtype.
-        training: ``None`` keeps the critic's mode; ``True`` or ``False`` sets it on the copy
-            (``False``: check as used in inference mode).
-        generator: a ``torch.Generator`` that seeds the check's draws (points, directions);
-            default: seed 0, so the same call gives the same report.
-
-    Returns:
-        CheckReport: (``gpreg.CheckReport``) ``ok``, ``errors``
-            (``{penalty: {group: relative error}}``), ``coupling``, ``nonfinite``,
-            ``failures()`` and ``summary()`` (also ``str(report)``).
-
-    Raises:
-        TypeError: ``critic`` is not an ``nn.Module`` or cannot be deep-copied, or the data are
-            not tensors.
-        ValueError: a penalty needs ``fake`` and none was given; ``directions``, ``eps`` or
-            ``rtol`` out of range.
-
-    Example:
-        >>> import torch, gpreg_torch as gp
-        >>> critic = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8),
-        ...                              torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        >>> report = gp.check_critic(critic, torch.randn(6, 3), torch.randn(6, 3))
-        >>> report.ok
-        True
-        >>> critic[0].weight.dtype      # the check ran on a float64 copy
-        torch.float32
-    """
+    """The body of :func:`gpreg_torch.check_critic` (its docstring is the specification)."""
     module = _copy(critic)
     real_p = _core._parts(WHERE, "real", real)
     fake_p = None if fake is None else _core._parts(WHERE, "fake", fake)

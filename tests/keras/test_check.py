@@ -20,7 +20,7 @@ from keras import layers
 import gpreg_keras as gp
 from gpreg import BUILTIN_NAMES
 from gpreg._check import CheckReport
-from gpreg_keras._check import check_critic
+from gpreg_keras import check_critic
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpreg.BatchNormWarning")
 

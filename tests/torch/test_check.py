@@ -20,7 +20,7 @@ from torch.nn.utils import parametrizations
 import gpreg_torch as gp
 from gpreg import BUILTIN_NAMES
 from gpreg._check import CheckReport
-from gpreg_torch._check import check_critic
+from gpreg_torch import check_critic
 
 
 @pytest.fixture(autouse=True)
