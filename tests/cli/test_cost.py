@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpreg import cli
+from gpreg.tools import cli
 from gpreg.tools import cost_cli
 
 CRITICS = textwrap.dedent("""
