@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpreg.tools import cli
-from gpreg.tools import cost_cli
+from gpreg.tools import cli, cost_cli
 
 CRITICS = textwrap.dedent("""
     def make_critic():
