@@ -42,6 +42,15 @@ def _depends_on_inputs(fn: Callable[..., Any], points: tuple[Any, ...]) -> bool:
     return any(id(x) in live for x in closed.jaxpr.outvars if not isinstance(x, Literal))
 
 
+def _concrete(x: Any) -> Any:
+    """``x``'s value, also where ``x`` is a tracer of an outer ``jax.grad`` (or ``vmap``) that
+    runs eagerly; ``None`` while ``jax.jit`` (or any abstract trace) traces it."""
+    if not isinstance(x, jax.core.Tracer):
+        return x
+    to_value = getattr(x, "to_concrete_value", None)  # JAX >= 0.4.36
+    return None if to_value is None else to_value()
+
+
 def input_gradients(
     where: str,
     critic: Callable[..., Any],
@@ -93,10 +102,12 @@ def input_gradients(
 
     grads, (out, after) = jax.grad(total, argnums=tuple(range(len(points))),
                                    has_aux=True)(*points)
-    tracing = any(isinstance(g, jax.core.Tracer) for g in grads)
+    values = [_concrete(g) for g in grads]
     try:
-        if (tracing or not any(bool(jnp.any(g != 0)) for g in grads)) and not (
-                _depends_on_inputs(lambda *pts: total(*pts)[0], points)):
+        # a nonzero gradient shows the dependence; only all-zero gradients, or gradients that
+        # are not values yet (under jax.jit: once per trace), pay for the linearization
+        known = all(c is not None for c in values) and any(bool(jnp.any(c)) for c in values)
+        if not known and not _depends_on_inputs(lambda *pts: total(*pts)[0], points):
             raise v.independent_critic(where)
     finally:
         if state is not None:

@@ -6,6 +6,7 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import threading
 import warnings
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from gpreg import _call, _math, _points
+from gpreg import _call, _math, _options, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
 from gpreg._specs import (
@@ -23,8 +24,6 @@ from gpreg._specs import (
     Shape,
     choose_points,
     get_spec,
-    resolve_shape,
-    resolve_spec_shape,
 )
 from gpreg_torch import _dist
 from gpreg_torch import _ops as xp
@@ -50,6 +49,81 @@ def _parts(where: str, role: str, x: Any) -> tuple[Tensor, ...]:
 
 def _check_devices(where: str, named: Sequence[tuple[str, Tensor]]) -> None:
     v.check_same_device(where, [(role, str(t.device)) for role, t in named])
+
+
+def _signature(x: Any) -> Any:
+    """What the checks of points depend on: every part's shape, dtype and device (``None``
+    for anything but a tensor or a tuple/list of tensors, which is checked at every call)."""
+    if isinstance(x, torch.Tensor):
+        return x.shape, x.dtype, x.device
+    if isinstance(x, (tuple, list)) and all(isinstance(p, torch.Tensor) for p in x):
+        return tuple((p.shape, p.dtype, p.device) for p in x)
+    return None
+
+
+# signatures of points whose checks passed (no tensors are held: shapes, dtypes, devices)
+_checked: set[tuple[Any, ...]] = set()
+
+
+def _remember(key: tuple[Any, ...]) -> None:
+    if len(_checked) >= 1024:
+        _checked.clear()
+    with contextlib.suppress(TypeError):  # symbolic shapes: checked at every call
+        _checked.add(key)
+
+
+def _seen(key: tuple[Any, ...]) -> bool:
+    """Whether ``key`` passed the checks before (``False`` for a key that cannot be hashed:
+    symbolic shapes under ``torch.compile``)."""
+    try:
+        return key in _checked
+    except TypeError:
+        return False
+
+
+def _detached(x: Any) -> tuple[Tensor, ...]:
+    return (x.detach(),) if isinstance(x, torch.Tensor) else tuple(p.detach() for p in x)
+
+
+def _checked_parts(where: str, role: str, x: Any) -> tuple[Tensor, ...]:
+    """:func:`_parts` and the device check, skipped for a signature that passed them."""
+    sig = _signature(x)
+    key = (where, role, sig)
+    if sig is not None and _seen(key):
+        return _detached(x)
+    parts = _parts(where, role, x)
+    _check_devices(where, [(role, t) for t in parts])
+    if sig is not None:
+        _remember(key)
+    return parts
+
+
+def _checked_real_fake(where: str, real: Any, fake: Any) -> tuple[tuple[Tensor, ...],
+                                                                  tuple[Tensor, ...]]:
+    """real and fake as parts, checked against each other (shapes, dtypes, devices), the
+    checks skipped for a pair of signatures that passed them."""
+    sig_r, sig_f = _signature(real), _signature(fake)
+    key = (where, "real_fake", sig_r, sig_f)
+    if sig_r is not None and sig_f is not None and _seen(key):
+        return _detached(real), _detached(fake)
+    r = _parts(where, "real", real)
+    f = _parts(where, "fake", fake)
+    v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
+    for i, (rt, ft) in enumerate(zip(r, f)):
+        v.check_same_dtype(where, [(f"real[{i}]", str(rt.dtype)), (f"fake[{i}]", str(ft.dtype))])
+    _check_devices(where, [("real", t) for t in r] + [("fake", t) for t in f])
+    if sig_r is not None and sig_f is not None:
+        _remember(key)
+    return r, f
+
+
+def _interpolated(real: tuple[Tensor, ...], fake: tuple[Tensor, ...],
+                  alpha: Tensor) -> tuple[Tensor, ...]:
+    """``alpha_i * real_i + (1 - alpha_i) * fake_i`` per part (``gpreg._points.interpolates``),
+    as one ``torch.lerp`` kernel per part: fake + alpha (real - fake), exactly real at
+    alpha = 1 and fake at 0."""
+    return tuple(torch.lerp(f, r, _in_dtype(alpha, r).reshape((-1,) + (1,) * (r.dim() - 1)))
+                 for r, f in zip(real, fake))
 
 
 def _is_tensor(x: Any) -> bool:
@@ -168,9 +242,11 @@ class _Layers(NamedTuple):
     rnn: bool  # an nn.RNN / LSTM / GRU somewhere
     shards: list[Any]  # weak references to the FSDP2 (fully_shard) modules
     params: tuple[Tensor, ...]  # every parameter, once
+    # call signature -> the parameters the input gradient's graph does not reach there
+    unreached: dict[Any, tuple[Tensor, ...]]
 
 
-_NO_LAYERS = _Layers([], False, [], ())
+_NO_LAYERS = _Layers([], False, [], (), {})
 
 
 def _layers_of(critic: Any) -> _Layers:
@@ -201,7 +277,7 @@ def _layers_of(critic: Any) -> _Layers:
     params = tuple({id(p): p for _, m in named for p in m._parameters.values()
                     if p is not None}.values())
     info = _Layers(bns, any(isinstance(m, torch.nn.RNNBase) for _, m in named), shards,
-                   params)
+                   params, {})
     _structure[critic] = (snapshot, info)
     return info
 
@@ -262,6 +338,8 @@ class _SharedSwitch:
     PyTorch's SDPA and cuDNN switches are global, not per thread. Passes that overlap in
     several threads share one change: the first saves the caller's setting and applies the
     pass's, the last restores the caller's, so no interleaving leaves the setting changed.
+    Used as ``with switch:`` (a plain context manager object: a penalty enters it at every
+    call, and a generator-based one cost several microseconds more).
     """
 
     def __init__(self, read: Callable[[], Any], write: Callable[[Any], None], value: Any):
@@ -270,32 +348,61 @@ class _SharedSwitch:
         self._users = 0
         self._saved: Any = None
 
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
+    def __enter__(self) -> None:
         with self._lock:
             if self._users == 0:
                 self._saved = self._read()
                 self._write(self._value)
             self._users += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._write(self._saved)
+
+
+class _Both:
+    """Two switches entered together (the first outside)."""
+
+    def __init__(self, outer: _SharedSwitch, inner: _SharedSwitch) -> None:
+        self._outer, self._inner = outer, inner
+
+    def __enter__(self) -> None:
+        self._outer.__enter__()
         try:
-            yield
+            self._inner.__enter__()
+        except BaseException:
+            self._outer.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._inner.__exit__(*exc)
         finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    self._write(self._saved)
+            self._outer.__exit__(*exc)
 
 
 _SDPA = ("flash", "mem_efficient", "cudnn", "math")
+_sdpa_switches: list[tuple[Callable[[], bool], Callable[[bool], None]]] = []
+
+
+def _sdpa_functions() -> list[tuple[Callable[[], bool], Callable[[bool], None]]]:
+    """(read, write) for each SDPA switch, looked up once."""
+    if not _sdpa_switches:
+        cuda = torch.backends.cuda
+        _sdpa_switches[:] = [(getattr(cuda, f"{k}_sdp_enabled"), getattr(cuda, f"enable_{k}_sdp"))
+                             for k in _SDPA]
+    return _sdpa_switches
 
 
 def _read_sdpa() -> tuple[bool, ...]:
-    return tuple(getattr(torch.backends.cuda, f"{k}_sdp_enabled")() for k in _SDPA)
+    return tuple(read() for read, _ in _sdpa_functions())
 
 
 def _write_sdpa(flags: tuple[bool, ...]) -> None:
-    for k, on in zip(_SDPA, flags):
-        getattr(torch.backends.cuda, f"enable_{k}_sdp")(on)
+    for (_, write), on in zip(_sdpa_functions(), flags):
+        write(on)
 
 
 def _write_cudnn(on: bool) -> None:
@@ -305,23 +412,18 @@ def _write_cudnn(on: bool) -> None:
 # the math kernel only (``sdpa_kernel`` sets the same switches and costs more per call)
 _math_attention = _SharedSwitch(_read_sdpa, _write_sdpa, (False, False, False, True))
 _no_cudnn = _SharedSwitch(lambda: torch.backends.cudnn.enabled, _write_cudnn, False)
+_math_attention_no_cudnn = _Both(_math_attention, _no_cudnn)
 
 
-@contextlib.contextmanager
-def _double_backward_kernels(rnn: bool, device: torch.device) -> Iterator[None]:
-    """Kernels with a double backward for the penalty's forward pass.
+def _double_backward_kernels(rnn: bool, device: torch.device) -> Any:
+    """Kernels with a double backward for the penalty's forward pass (a context manager).
 
     Flash / memory-efficient / cuDNN attention (CPU and CUDA) have no derivative of their
     backward, so ``scaled_dot_product_attention`` runs its math kernel here; cuDNN RNNs have
     none either ("Double backwards is not supported for CuDNN RNNs"), so cuDNN is off for
     critics that contain an RNN on CUDA. Both only while penalty passes run.
     """
-    with _math_attention():
-        if rnn and device.type == "cuda":
-            with _no_cudnn():
-                yield
-        else:
-            yield
+    return _math_attention_no_cudnn if rnn and device.type == "cuda" else _math_attention
 
 
 def _watched(where: str, points: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -431,9 +533,72 @@ def input_gradients(
             pass
         elif _is_ddp(module) or layers.shards:  # the parameters this forward used
             anchor = total if raw is out else _anchor(raw)
-        else:  # every trainable parameter: no backward through the forward for it
-            anchor = tuple(p for p in layers.params if p.requires_grad)
+        else:  # the trainable parameters the penalty does not reach, directly
+            anchor = tuple(p for p in _unreached(module, layers, leaves, call, grads)
+                           if p.requires_grad) or None
         return grads, out, anchor
+
+
+def _unreached(module: Any, layers: _Layers, leaves: tuple[Tensor, ...], call: Call,
+               grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The critic's parameters that the graph of the input gradient does not reach (the last
+    layer's bias: the input gradient does not depend on it), for the zero term.
+
+    Which parameters the graph reaches is a matter of the critic's code path: its modules
+    (a change to them makes a new :func:`_layers_of` entry, and this cache with it), its mode
+    (``training``) and the signature of the call (the points' and the conditioning's shapes,
+    dtypes and devices, ``output=``). It is found once per such signature by a walk of the
+    graph; a call whose conditioning cannot be a key walks it every time. A critic whose
+    code path depends on the *values* of its inputs is the one case this does not see: a
+    parameter that one call reached and a later one does not gets no zero in the later one
+    (``None`` after a penalty-only backward, as without the zero term).
+    """
+    key = _call_signature(call)
+    if key is not None:
+        key = (tuple((p.shape, p.dtype, p.device) for p in leaves), module.training, key)
+        hit = layers.unreached.get(key)
+        if hit is not None:
+            return hit
+    reached = _reached_leaves(grads)
+    found = tuple(p for p in layers.params if id(p) not in reached)
+    if key is not None:
+        if len(layers.unreached) >= 64:
+            layers.unreached.clear()
+        layers.unreached[key] = found
+    return found
+
+
+def _call_signature(call: Call) -> Any:
+    """``()`` for a plain call; for conditioning, the shapes, dtypes and devices of its
+    tensors and the other values as they are, with ``output=``; ``None`` when that cannot be
+    a dictionary key."""
+    if call is PLAIN or call.plain:
+        return ()
+    sig = tuple((path, (x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) else x)
+                for path, x in _call.leaves((call.args, call.kwargs), ""))
+    key = (sig, call.output)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _reached_leaves(tensors: Sequence[Tensor]) -> set[int]:
+    """``id`` of every leaf tensor (parameter) that the autograd graph of ``tensors`` reaches."""
+    found: set[int] = set()
+    seen: set[Any] = set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node
+        if leaf is not None:
+            found.add(id(leaf))
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return found
 
 
 def _anchor(raw: Any) -> Tensor | None:
@@ -490,13 +655,66 @@ def _grad_scaler(scaler: Any) -> Any:
 def norms_from_gradients(grads: Sequence[Tensor]) -> Tensor:
     """Exact per-sample norms over every non-batch element of every part, in ≥ float32.
 
-    As the core's :func:`gpreg._math.per_sample_norm`, in fewer kernels: each sample's
-    gradient is divided by its largest magnitude (a constant, clamped into the normal float
-    range: 0, Inf and NaN are then left as they are), so the squares neither underflow
-    (entries of 1e-25 in float32) nor overflow (1e19). PyTorch's ``vector_norm`` is exact
-    and its derivative is 0 where the norm is 0 (its backward masks the division), so it
-    serves as the NaN-safe norm here; the zero_grad fixtures test both paths.
+    As the core's :func:`gpreg._math.per_sample_norm`, in fewer kernels. PyTorch's
+    ``vector_norm`` is exact wherever the squares of the entries neither underflow (entries
+    of 1e-25 in float32) nor overflow (1e19), and its derivative is 0 where the norm is 0 (its
+    backward masks the division), so it serves as the NaN-safe norm here. Where the squares
+    can leave the float range the gradient is first scaled (:func:`_scaled_norms`). One
+    kernel does it where the range cannot be left or can be checked for free: a float16
+    gradient (its squares always fit in float32), and on the CPU, where reading the norms
+    costs no device sync, a single part whose norms lie in the range where the plain sum of
+    squares is exact (:func:`_exact_range`). The zero_grad fixtures test both paths.
     """
+    if len(grads) == 1:
+        g = grads[0]
+        if g.dim() == 1:
+            return g.abs() if g.dtype in _ACCURATE else g.abs().to(torch.float32)
+        dims = tuple(range(1, g.dim()))
+        if g.dtype is torch.float16:
+            return torch.linalg.vector_norm(g, dim=dims, dtype=torch.float32)
+        if g.device.type == "cpu" and g.dtype in _ACCURATE:
+            n = torch.linalg.vector_norm(g, dim=dims)
+            if _in_exact_range(n, math.prod(g.shape[1:])):
+                return n
+    return _scaled_norms(grads)
+
+
+_ACCURATE = (torch.float32, torch.float64)  # dtypes the norm is computed in
+
+
+def _exact_range(dtype: torch.dtype, elements: int) -> tuple[float, float]:
+    """Norms ``n`` of ``elements`` entries for which the plain sum of squares in ``dtype`` is
+    exact: no square overflows (they sum to n², at most max/256), and the squares that
+    underflow into subnormals (each off by at most half the subnormal spacing, tiny·eps/2)
+    add up to less than eps/4 of n² (n² ≥ 2·elements·tiny)."""
+    info = torch.finfo(dtype)
+    return math.sqrt(2.0 * elements * info.tiny), math.sqrt(info.max) / 16.0
+
+
+def _in_exact_range(norms: Tensor, elements: int) -> bool:
+    """Whether every norm (NaN aside: a NaN norm is NaN on every path) lies in
+    :func:`_exact_range`. Reads the CPU tensor's memory through NumPy (no ATen op, no sync);
+    ``False`` for a tensor without plain memory (a functorch wrapper, a fake tensor) and
+    while ``torch.compile`` traces (the compiled graph then keeps the scaled norm)."""
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        values = norms.detach().numpy()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    lo, hi = _exact_range(norms.dtype, elements)
+    if values.size == 0:
+        return True
+    if values.size <= 256:
+        seq = values.tolist()
+        return lo <= min(seq) and max(seq) <= hi
+    return bool(lo <= values.min()) and bool(values.max() <= hi)
+
+
+def _scaled_norms(grads: Sequence[Tensor]) -> Tensor:
+    """The norms of :func:`norms_from_gradients` for any range: each sample's gradient is
+    divided by its largest magnitude (a constant, clamped into the normal float range: 0, Inf
+    and NaN are then left as they are), so the squares neither underflow nor overflow."""
     acc = torch.float32
     for g in grads:
         acc = torch.promote_types(acc, g.dtype)
@@ -563,27 +781,26 @@ def _zero_term(anchor: Any, like: Tensor) -> Tensor:
     ``real_logits * 0``) give it an exact zero, so that Adam still steps it, and DDP waits for
     a gradient of every parameter used in the forward (pytorch#47562). ``anchor`` is either
     the sum of the critic's outputs (DDP, FSDP: the parameters of this forward, through a
-    first-order backward of it) or the critic's parameters (any other module: a zero for each
-    directly, which costs no backward through the forward).
+    first-order backward of it) or the parameters the penalty does not reach (any other
+    module: :func:`_unreached`; a zero for each directly, which costs no backward through the
+    forward).
+
+    A parameter's zero is the sum of an empty slice of it: exactly 0 whatever its values
+    (Inf and NaN included), and its backward (the slice's) is a zero tensor of the
+    parameter's shape. Three small native ops per parameter; a Python ``autograd.Function``
+    that returned the zeros cost more than twice as much per call.
     """
     if isinstance(anchor, torch.Tensor):
         # cast first: the backward's seed (a GradScaler's 2**16 included) then meets the 0
         # before a float16 cast; nan_to_num keeps an exact 0 when a score is Inf (0*inf = NaN)
         return torch.nan_to_num(anchor.to(like.dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
-    return _ZeroGradients.apply(like, *anchor)
-
-
-class _ZeroGradients(torch.autograd.Function):
-    """0 (as ``like``'s dtype and device) whose backward is a zero gradient for each input."""
-
-    @staticmethod
-    def forward(ctx: Any, like: Tensor, *params: Tensor) -> Tensor:
-        ctx.params = [(p.shape, p.dtype, p.device) for p in params]
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.params))
+    total = None
+    for p in anchor:
+        zero = (p[:0] if p.dim() else p.reshape(1)[:0]).sum()
+        if zero.dtype != like.dtype or zero.device != like.device:
+            zero = zero.to(device=like.device, dtype=like.dtype)
+        total = zero if total is None else total + zero
+    return total
 
 
 def evaluation_points(
@@ -610,16 +827,11 @@ def evaluation_points(
     """
     kind = choose_points(where, spec, points)
     if kind == "real":
-        r = _parts(where, "real", real)
-        _check_devices(where, [("real", t) for t in r])
-        return [r]
+        return [_checked_parts(where, "real", real)]
     if kind == "fake":
-        f = _parts(where, "fake", fake)
-        _check_devices(where, [("fake", t) for t in f])
-        return [f]
-    r = _parts(where, "real", real)
+        return [_checked_parts(where, "fake", fake)]
     if kind == "perturbed_real":
-        _check_devices(where, [("real", t) for t in r])
+        r = _checked_parts(where, "real", real)
         if check_finite:  # before σ, which one bad sample makes NaN for every point
             for p in r:
                 _finite(where, "real", p, note=v.DRAGAN_SIGMA_NOTE)
@@ -633,18 +845,12 @@ def evaluation_points(
         return [tuple(_points.dragan_points((p,), None if a is None else _in_dtype(a, p), (n,),
                                             c, stats, ddof=ddof, perturbation=perturbation)[0]
                       for p, n in zip(r, u))]
-    f = _parts(where, "fake", fake)
-    v.check_same_shapes(where, [tuple(t.shape) for t in r], [tuple(t.shape) for t in f])
-    for i, (rt, ft) in enumerate(zip(r, f)):
-        v.check_same_dtype(where, [(f"real[{i}]", str(rt.dtype)), (f"fake[{i}]", str(ft.dtype))])
-    _check_devices(where, [("real", t) for t in r] + [("fake", t) for t in f])
+    r, f = _checked_real_fake(where, real, fake)
     if kind == "real_fake":
         if alpha is not None:
             raise v.unused_alpha(where, "points='real_fake'")
         return [r, f]
-    a = _alpha(where, alpha, r, generator)
-    return [tuple(_points.interpolates((p,), (q,), _in_dtype(a, p), xp)[0]
-                  for p, q in zip(r, f))]
+    return [_interpolated(r, f, _alpha(where, alpha, r, generator))]
 
 
 def run(
@@ -687,12 +893,9 @@ def run(
     where = f"{package}.{spec.name}"
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
-    shp = resolve_spec_shape(where, spec, shape, shape_params)
-    w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
-    t = spec.default_target if target is None else target
-    t = v.check_target(where, t, bool(ratio)) if shp.uses_target else float(t)
-    red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
-    gbs = v.check_global_batch_size(where, red, global_batch_size)
+    o = _options.penalty_options(where, spec, weight=weight, target=target, ratio=ratio,
+                                 reduction=reduction, global_batch_size=global_batch_size,
+                                 shape=shape, shape_params=shape_params)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
         v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
@@ -704,8 +907,9 @@ def run(
     call = call_options(where, args, kwargs, output, sets[0][0].shape[0])
     evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)
                  for pts in sets]
-    return _finish(where, evaluated, shp, check_finite, weight=spec.weight_factor * w,
-                   target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    return _finish(where, evaluated, o.shape, check_finite, weight=o.weight, target=o.target,
+                   ratio=bool(ratio), reduction=o.reduction,
+                   global_batch_size=o.global_batch_size)
 
 
 def generic(
@@ -728,17 +932,14 @@ def generic(
 ) -> Tensor:
     """Body of ``gradient_penalty``: a penalty shape at points the caller chose."""
     where = f"{package}.gradient_penalty"
-    w = v.check_scalar(where, "weight", weight)
-    t = v.check_target(where, target, bool(ratio))
-    red = v.check_reduction(where, reduction)
-    gbs = v.check_global_batch_size(where, red, global_batch_size)
-    shape_obj = resolve_shape(where, shape)
-    pts = _parts(where, "points", points)
-    _check_devices(where, [("points", p) for p in pts])
+    o = _options.generic_options(where, shape=shape, weight=weight, target=target, ratio=ratio,
+                                 reduction=reduction, global_batch_size=global_batch_size)
+    pts = _checked_parts(where, "points", points)
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
     evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)]
-    return _finish(where, evaluated, shape_obj, check_finite, weight=w, target=t,
-                   ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    return _finish(where, evaluated, o.shape, check_finite, weight=o.weight, target=o.target,
+                   ratio=bool(ratio), reduction=o.reduction,
+                   global_batch_size=o.global_batch_size)
 
 
 def grad_norm(
@@ -746,8 +947,7 @@ def grad_norm(
     kwargs: Any = None, output: Any = None,
 ) -> Tensor:
     """Per-sample norms at the given points (body of ``grad_norm``)."""
-    pts = _parts(where, "points", points)
-    _check_devices(where, [("points", p) for p in pts])
+    pts = _checked_parts(where, "points", points)
     call = call_options(where, args, kwargs, output, pts[0].shape[0])
     grads, _, anchor = input_gradients(where, critic, pts, create_graph, None, call)
     norms = norms_from_gradients(grads)

@@ -87,6 +87,41 @@ if BACKEND == "jax":
             assert_close(np.asarray(a), np.asarray(b), "float32")
 
 
+    def test_input_dependence_is_linearized_only_when_the_gradient_cannot_show_it(monkeypatch):
+        """The check that the critic depends on its input costs a second trace
+        (jax.linearize) only where the input gradient cannot show the dependence: all zero,
+        or not a value yet (under jax.jit, once per trace). Under an eager outer jax.grad the
+        gradient is a tracer with a value, and a nonzero value is the proof."""
+        from gpreg_keras import _jax
+
+        calls = []
+        real = _jax._depends_on_inputs
+        monkeypatch.setattr(_jax, "_depends_on_inputs",
+                            lambda fn, pts: calls.append(1) or real(fn, pts))
+        model = small_model()
+        tv = [v.value for v in model.trainable_variables]
+        alpha = jnp.linspace(0.1, 0.9, 4)
+
+        def loss(tv, critic=None):
+            critic = critic or gp.stateless_critic(model, tv)
+            return gp.wgan_gp(critic, REAL, FAKE, alpha=alpha)
+
+        for _ in range(3):
+            jax.grad(loss)(tv)
+            loss(tv)
+        assert calls == []
+        step = jax.jit(jax.grad(loss))
+        step(tv)
+        step(tv)
+        assert calls == [1]
+        # a critic that ignores its input: zero gradients, so linearized, and refused
+        with pytest.raises(RuntimeError, match="does not depend on its input"):
+            jax.grad(lambda tv: loss(tv, lambda x: jnp.sum(tv[0]) * jnp.ones((4, 1))))(tv)
+        # the same with a gradient that is exactly zero only here, yet depends on the input
+        zero_here = gp.wgan_gp(lambda x: jnp.sum(x ** 2, axis=1, keepdims=True),
+                               np.zeros_like(REAL), np.zeros_like(FAKE), alpha=alpha)
+        assert_close(np.asarray(zero_here), np.asarray(10.0), "float32")  # (0 − 1)² · 10
+
 if BACKEND != "jax":
 
     def test_jax_arrays_on_another_backend_say_to_set_the_jax_backend():
