@@ -7,6 +7,7 @@ exact; everything else is ``keras.ops`` itself.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from keras import ops
@@ -23,7 +24,12 @@ ones_like = ops.ones_like
 
 
 def mean(x: Any) -> Any:
-    """Mean of all elements, exact in float64 on every backend."""
+    """Mean of all elements, exact in float64 on every backend (one sum and one division by
+    the element count where the shape is known; under a trace with an unknown dimension, the
+    count is a tensor)."""
+    dims = tuple(x.shape)
+    if all(isinstance(d, int) for d in dims):
+        return ops.sum(x) / math.prod(dims)
     flat = ops.reshape(x, (-1,))
     return ops.sum(flat) / ops.cast(ops.shape(flat)[0], x.dtype)
 

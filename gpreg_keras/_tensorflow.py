@@ -247,9 +247,10 @@ def input_gradients(
             raise v.bad_output_type(where, type(out).__name__, "tensor")
         if batch is not None:
             v.check_output_shape(where, tuple(out.shape), int(batch))
-        total = tf.reduce_sum(out)
-        if scale is not None:
-            total = tf.cast(total, tf.float32) * tf.cast(scale, tf.float32)
+        # the tape seeds a non-scalar target with ones: the gradient of its sum, without a
+        # reduce_sum (and its gradient's ops) in the graph that the outer tape runs again
+        total = out if scale is None else (
+            tf.cast(tf.reduce_sum(out), tf.float32) * tf.cast(scale, tf.float32))
     grads = tape.gradient(total, list(points))
     if all(g is None for g in grads):
         raise v.independent_critic(where)

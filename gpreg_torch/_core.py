@@ -522,17 +522,16 @@ def input_gradients(
         v.check_output_shape(where, tuple(out.shape), batch)
         if not out.requires_grad:
             raise v.independent_critic(where)
-        total = out.sum()
         if create_graph and layers.shards:
             with _unsharded_through_backward(layers.shards):
-                grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
+                grads = _gradient_of_scores(where, out, leaves, create_graph, scale)
         else:
-            grads = _gradient_of_scores(where, total, leaves, create_graph, scale)
+            grads = _gradient_of_scores(where, out, leaves, create_graph, scale)
         anchor: Any = None
         if not create_graph or not isinstance(critic, torch.nn.Module):
             pass
         elif _is_ddp(module) or layers.shards:  # the parameters this forward used
-            anchor = total if raw is out else _anchor(raw)
+            anchor = out.sum() if raw is out else _anchor(raw)
         else:  # the trainable parameters the penalty does not reach, directly
             anchor = tuple(p for p in _unreached(module, layers, leaves, call, grads)
                            if p.requires_grad) or None
@@ -619,10 +618,16 @@ def _gradient_of_scores(
     where: str, total: Tensor, leaves: tuple[Tensor, ...], create_graph: bool,
     scale: Tensor | float | None, retain_graph: bool | None = None,
 ) -> tuple[Tensor, ...]:
-    """∂total/∂leaves, scaled by ``scale`` before the backward and unscaled after."""
+    """∂(Σ total)/∂leaves, scaled by ``scale`` before the backward and unscaled after.
+
+    Without a scale, the seed of the backward is ``ones_like(total)`` (the gradient of the
+    sum, without the sum's node in the graph that the outer backward runs through again)."""
     if scale is not None:
-        total = total * scale
-    grads = torch.autograd.grad(total, leaves, create_graph=create_graph,
+        total = total.sum() * scale
+        seed = None
+    else:
+        seed = torch.ones_like(total)
+    grads = torch.autograd.grad(total, leaves, grad_outputs=seed, create_graph=create_graph,
                                 retain_graph=retain_graph, allow_unused=True)
     if all(g is None for g in grads):
         raise v.independent_critic(where)

@@ -51,6 +51,17 @@ def test_float32_norms_are_exact_for_tiny_and_huge_gradients(s):
     assert_close(ops.convert_to_numpy(norms), np.full(3, 2 * s), "float32")
 
 
+def test_norms_are_exact_when_one_sample_leaves_the_plain_range():
+    """Eager norms take a plain sum of squares only when every sample's is in range: a batch
+    mixing ordinary samples with a tiny, a huge and a zero one is exact for each (2s)."""
+    scales = np.array([1.0, 1e-25, 0.5, 1e19, 0.0, 3.0], dtype="float32")
+    w = np.repeat(scales[:, None], 4, axis=1)
+    norms = gp.grad_norm(linear_critic(w), keras.random.normal((6, 4), seed=0))
+    assert_close(ops.convert_to_numpy(norms), 2 * scales, "float32")
+    plain = gp.grad_norm(linear_critic(w[[0, 2, 5]]), keras.random.normal((3, 4), seed=0))
+    assert_close(ops.convert_to_numpy(plain), 2 * scales[[0, 2, 5]], "float32")
+
+
 def test_zero_inf_and_nan_gradients_stay_what_they_are():
     w = np.array([[0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0]], dtype="float32")
     n = ops.convert_to_numpy(gp.grad_norm(linear_critic(w), ops.ones((3, 2))))
