@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from gpreg import _call, _math, _points
+from gpreg import _call, _math, _options, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
 from gpreg._specs import (
@@ -24,8 +24,6 @@ from gpreg._specs import (
     Shape,
     choose_points,
     get_spec,
-    resolve_shape,
-    resolve_spec_shape,
 )
 from gpreg_keras import _ops as xp
 from gpreg_keras._calling import arrange
@@ -658,20 +656,17 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
                               global_batch_size=global_batch_size, check_finite=check_finite,
                               points=points, shape=shape, shape_params=shape_params,
                               ddof=ddof, perturbation=perturbation)
-    shp = resolve_spec_shape(where, spec, shape, shape_params)
-    w = v.check_scalar(where, spec.weight_name, spec.default_weight if weight is None else weight)
-    t = spec.default_target if target is None else target
-    t = v.check_target(where, t, bool(ratio)) if shp.uses_target else float(t)
-    red = v.check_reduction(where, spec.default_reduction if reduction is None else reduction)
-    gbs = v.check_global_batch_size(where, red, global_batch_size)
+    o = _options.penalty_options(where, spec, weight=weight, target=target, ratio=ratio,
+                                 reduction=reduction, global_batch_size=global_batch_size,
+                                 shape=shape, shape_params=shape_params)
     if spec.points == "perturbed_real":
         c = v.check_scalar(where, "c", c)
         v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
     sets = evaluation_points(spec, where, real=real, fake=fake, alpha=alpha, noise=noise, c=c,
                              seed=seed, points=points, ddof=ddof, perturbation=perturbation)
-    return _penalty(where, fn, sets, call, create_graph, scaler, check_finite, shp,
-                    weight=spec.weight_factor * w, target=t, ratio=bool(ratio), reduction=red,
-                    global_batch_size=gbs)
+    return _penalty(where, fn, sets, call, create_graph, scaler, check_finite, o.shape,
+                    weight=o.weight, target=o.target, ratio=bool(ratio), reduction=o.reduction,
+                    global_batch_size=o.global_batch_size)
 
 
 def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], call: Call,
@@ -722,14 +717,12 @@ def generic(where: str, critic: Callable[..., Any], points: Any, *, shape: str |
                                   check_finite=check_finite,
                                   scaler=None if scaler is None else _TorchScalerView(where,
                                                                                       scaler))
-    w = v.check_scalar(where, "weight", weight)
-    t = v.check_target(where, target, bool(ratio))
-    red = v.check_reduction(where, reduction)
-    gbs = v.check_global_batch_size(where, red, global_batch_size)
-    shp = resolve_shape(where, shape)
+    o = _options.generic_options(where, shape=shape, weight=weight, target=target, ratio=ratio,
+                                 reduction=reduction, global_batch_size=global_batch_size)
     pts = parts(where, "points", points)
-    return _penalty(where, fn, [pts], call, create_graph, scaler, check_finite, shp, weight=w,
-                    target=t, ratio=bool(ratio), reduction=red, global_batch_size=gbs)
+    return _penalty(where, fn, [pts], call, create_graph, scaler, check_finite, o.shape,
+                    weight=o.weight, target=o.target, ratio=bool(ratio), reduction=o.reduction,
+                    global_batch_size=o.global_batch_size)
 
 
 def grad_norm(where: str, critic: Callable[..., Any], points: Any, create_graph: bool, *,
