@@ -117,15 +117,6 @@ def _checked_real_fake(where: str, real: Any, fake: Any) -> tuple[tuple[Tensor, 
     return r, f
 
 
-def _interpolated(real: tuple[Tensor, ...], fake: tuple[Tensor, ...],
-                  alpha: Tensor) -> tuple[Tensor, ...]:
-    """``alpha_i * real_i + (1 - alpha_i) * fake_i`` per part (``gpreg._points.interpolates``),
-    as one ``torch.lerp`` kernel per part: fake + alpha (real - fake), exactly real at
-    alpha = 1 and fake at 0."""
-    return tuple(torch.lerp(f, r, _in_dtype(alpha, r).reshape((-1,) + (1,) * (r.dim() - 1)))
-                 for r, f in zip(real, fake))
-
-
 def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
@@ -855,7 +846,11 @@ def evaluation_points(
         if alpha is not None:
             raise v.unused_alpha(where, "points='real_fake'")
         return [r, f]
-    return [_interpolated(r, f, _alpha(where, alpha, r, generator))]
+    # the core's formula as written (not torch.lerp: its other rounding moves whole training
+    # runs, e.g. the demo's, away from the core's and Keras's points)
+    a = _alpha(where, alpha, r, generator)
+    return [tuple(_points.interpolates((p,), (q,), _in_dtype(a, p), xp)[0]
+                  for p, q in zip(r, f))]
 
 
 def run(
