@@ -90,6 +90,15 @@ def _units_torch() -> dict[str, Any]:
             p.grad = None
         return loss.detach(), out
 
+    return {"eager": _torch_pairs(gp, critic, real, fake, alpha, grads_of)}
+
+
+def _torch_pairs(gp: Any, critic: Any, real: Any, fake: Any, alpha: Any,
+                 grads_of: Callable[[Any], Any]) -> dict[str, Any]:
+    """(gpreg, hand-written) units of WGAN-GP and R1 in PyTorch autograd, for a torch module
+    or a Keras model on the torch backend (``gp`` is gpreg_torch or gpreg_keras)."""
+    import torch
+
     def hand_gp() -> Any:
         a = alpha.view(-1, 1)
         x = (a * real + (1 - a) * fake).requires_grad_(True)
@@ -103,10 +112,8 @@ def _units_torch() -> dict[str, Any]:
         (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
         return grads_of(g.square().sum(dim=1).mean() * 5)
 
-    return {"eager": {
-        "wgan_gp": (lambda: grads_of(gp.wgan_gp(critic, real, fake, alpha=alpha)), hand_gp),
-        "r1": (lambda: grads_of(gp.r1(critic, real)), hand_r1),
-    }}
+    return {"wgan_gp": (lambda: grads_of(gp.wgan_gp(critic, real, fake, alpha=alpha)), hand_gp),
+            "r1": (lambda: grads_of(gp.r1(critic, real)), hand_r1)}
 
 
 def _keras_model() -> Any:
@@ -215,23 +222,7 @@ def _units_keras_torch() -> dict[str, Any]:
     def grads_of(loss: Any) -> tuple[Any, list[Any]]:
         return loss.detach(), list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    def hand_gp() -> Any:
-        a = alpha.view(-1, 1)
-        x = (a * real + (1 - a) * fake).requires_grad_(True)
-        out = model(x)
-        (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-        return grads_of(((g.norm(2, dim=1) - 1) ** 2).mean() * 10)
-
-    def hand_r1() -> Any:
-        x = real.detach().requires_grad_(True)
-        out = model(x)
-        (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-        return grads_of(g.square().sum(dim=1).mean() * 5)
-
-    return {"eager": {
-        "wgan_gp": (lambda: grads_of(gp.wgan_gp(model, real, fake, alpha=alpha)), hand_gp),
-        "r1": (lambda: grads_of(gp.r1(model, real)), hand_r1),
-    }}
+    return {"eager": _torch_pairs(gp, model, real, fake, alpha, grads_of)}
 
 
 # ----------------------------------------------------------------------------- one path
