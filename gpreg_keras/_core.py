@@ -64,7 +64,9 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
     ``call.kwargs``, by Keras's call convention (``gpreg_keras._calling``)."""
     if not callable(critic):
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
-    stateless = getattr(critic, "_gpreg_call", None)
+    # (a Keras model is never stateless_critic's function; on torch, a failed attribute
+    # lookup on one goes through torch.nn.Module.__getattr__, which costs microseconds)
+    stateless = None if isinstance(critic, keras.Layer) else getattr(critic, "_gpreg_call", None)
     if stateless is not None:  # gp.stateless_critic(...): it knows the model's convention
         fn = lambda *pts: stateless(pts, call.args, call.kwargs)  # noqa: E731
         fn._gpreg_state = critic._gpreg_state  # type: ignore[attr-defined]  # see _jax.py
@@ -333,11 +335,15 @@ def _batchnorm_layers(model: Any) -> list[str]:
 def _warn_batchnorm(where: str, critic: Any, call: Call = PLAIN) -> None:
     """Warn once per Keras (or tf-keras) critic that holds BatchNormalization layers, unless
     the penalty runs it with ``training=False``."""
-    model = getattr(critic, "_gpreg_model", critic)
-    model = getattr(model, "python_function", model)  # a tf.function over the model
+    if isinstance(critic, keras.Layer):  # the model itself (no attribute lookups: see critic_fn)
+        model = critic
+        stateless = None
+    else:
+        model = getattr(critic, "_gpreg_model", critic)
+        model = getattr(model, "python_function", model)  # a tf.function over the model
+        stateless = getattr(critic, "_gpreg_stateless", None)
     if id(model) in _warned or call.kwargs.get("training", None) is False:
         return
-    stateless = getattr(critic, "_gpreg_stateless", None)
     if stateless is not None and stateless[3] is False:
         return
     names = _batchnorm_layers(model)
@@ -591,11 +597,47 @@ def _numpy_to_tensor(x: Any) -> Any:
     return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
 
 
+def _torch_signature(x: Any) -> Any:
+    """What the Keras checks of a plain torch tensor depend on (``None`` for anything else:
+    NumPy arrays, tuples of parts, variables, sparse tensors, which are checked at every
+    call)."""
+    torch = sys.modules["torch"]  # the backend: imported
+    if type(x) is torch.Tensor and x.layout is torch.strided:
+        return x.shape, x.dtype, x.device
+    return None
+
+
+# (where, points, real's and fake's signatures) whose Keras checks passed with nothing to
+# convert or cast
+_torch_checked: set[tuple[Any, ...]] = set()
+_TORCH_ROLES = {"interpolates": (2, 3), "real": (2,), "fake": (3,)}
+
+
 def _torch_inputs(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: Any,
                   noise: Any) -> tuple[Any, Any, Any, Any]:
     """On Keras's torch backend: NumPy inputs as tensors (as on TensorFlow and JAX), the
     Keras checks and messages, and ``fake`` matched to ``real`` as in
-    :func:`evaluation_points`."""
+    :func:`evaluation_points`. Plain torch tensors of a signature that passed the checks
+    with nothing to convert or cast are passed on as they are (the checks depend on nothing
+    else; gpreg_torch detaches them)."""
+    roles = _TORCH_ROLES.get(spec.points)
+    key = None
+    if roles is not None and type(alpha) is not np.ndarray:
+        key = (where, spec.points, _torch_signature(real), _torch_signature(fake))
+        if any(key[i] is None for i in roles):
+            key = None
+        elif key in _torch_checked:
+            return real, fake, alpha, noise
+    checked = _torch_checks(spec, where, real, fake, alpha, noise)
+    if key is not None and (spec.points != "interpolates" or real.dtype == fake.dtype):
+        if len(_torch_checked) >= 1024:
+            _torch_checked.clear()
+        _torch_checked.add(key)
+    return checked
+
+
+def _torch_checks(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: Any,
+                  noise: Any) -> tuple[Any, Any, Any, Any]:
     if real is not None and spec.points != "fake":
         r = parts(where, "real", real)
         if spec.points == "interpolates":
@@ -612,7 +654,9 @@ def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, nois
     kind = choose_points(where, spec, points)
     if kind not in ("interpolates", "perturbed_real"):
         return alpha, noise
-    r = parts(where, "real", real)
+    # real as _torch_inputs passed it on: checked parts, or a tensor of a checked signature
+    r = parts(where, "real", real) if real is None else real if isinstance(real, tuple) else (
+        (real,))
     gaussian = kind == "perturbed_real" and perturbation == "gaussian"
     if alpha is None and not gaussian:
         alpha = alpha_values(where, None, r[0], seed)

@@ -6,7 +6,9 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import operator
 import sys
 import threading
 import warnings
@@ -20,6 +22,7 @@ from gpreg import _call, _math, _options, _points
 from gpreg import _validation as v
 from gpreg._call import PLAIN, Call
 from gpreg._specs import (
+    BUILTIN_NAMES,
     PenaltySpec,
     Shape,
     choose_points,
@@ -246,21 +249,15 @@ def _layers_of(critic: Any) -> _Layers:
 
     The walk (``named_modules``: ~0.3 ms on a critic of 140 modules) is cached per critic
     together with every module's class, children and parameters; a call only compares those
-    (~15 µs there), so a module or parameter added, inserted, replaced or deleted later, or a
-    ``fully_shard`` applied later, is seen at the next call.
+    (:class:`_Snapshot`), so a module or parameter added, inserted, replaced or deleted later,
+    or a ``fully_shard`` applied later, is seen at the next call.
     """
     if not isinstance(critic, torch.nn.Module):
         return _NO_LAYERS
     entry = _structure.get(critic)
-    if entry is not None and _unchanged(critic, entry[0]):
+    if entry is not None and entry[0].unchanged(critic):
         return entry[1]
     named = list(critic.named_modules())
-    # the critic itself as None: an entry that held it would keep it alive
-    # parameters by id (tensors compare elementwise); the tuple of parameters below keeps
-    # them alive, so an id cannot be reused while the entry holds it
-    snapshot = tuple((None if m is critic else m, type(m), m._modules,
-                      tuple(m._modules.values()), m._parameters,
-                      tuple(map(id, m._parameters.values()))) for _, m in named)
     bns = [(n or type(m).__name__, weakref.ref(m)) for n, m in named
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
@@ -269,17 +266,51 @@ def _layers_of(critic: Any) -> _Layers:
                     if p is not None}.values())
     info = _Layers(bns, any(isinstance(m, torch.nn.RNNBase) for _, m in named), shards,
                    params, {})
-    _structure[critic] = (snapshot, info)
+    _structure[critic] = (_Snapshot(critic, [m for _, m in named]), info)
     return info
 
 
-def _unchanged(critic: Any, snapshot: tuple[tuple[Any, ...], ...]) -> bool:
-    for m, cls, children, kids, own, params in snapshot:
-        if type(critic if m is None else m) is not cls or len(children) != len(kids) or (
-                kids and tuple(children.values()) != kids) or len(own) != len(params) or (
-                params and tuple(map(id, own.values())) != params):
+_children_of = operator.attrgetter("_modules")
+_parameters_of = operator.attrgetter("_parameters")
+
+
+class _Snapshot:
+    """What a critic's structure was: every module's class, children and parameters.
+
+    :meth:`unchanged` compares them in a few passes that run in C (``map`` over the saved
+    modules and their dictionaries): ~1 µs on a small critic. The critic itself is not held
+    (the entry that holds this snapshot is keyed by it, weakly); parameters are compared by
+    ``id`` (tensors compare elementwise), and the entry holds them, so an id cannot be reused
+    while it does.
+    """
+
+    __slots__ = ("children", "classes", "modules", "n_children", "n_params", "params")
+
+    def __init__(self, critic: Any, modules: list[Any]) -> None:
+        self.modules = tuple(modules[1:])  # below the critic (named_modules starts with it)
+        every = (critic, *self.modules)
+        self.classes = tuple(map(type, every))
+        children = tuple(map(_children_of, every))
+        own = tuple(map(_parameters_of, every))
+        self.n_children = tuple(map(len, children))
+        self.children = tuple(itertools.chain.from_iterable(map(dict.values, children)))
+        self.n_params = tuple(map(len, own))
+        self.params = tuple(map(id, itertools.chain.from_iterable(map(dict.values, own))))
+
+    def unchanged(self, critic: Any) -> bool:
+        every = (critic, *self.modules)
+        chain = itertools.chain.from_iterable
+        try:
+            if tuple(map(type, every)) != self.classes:
+                return False
+            children = tuple(map(_children_of, every))
+            own = tuple(map(_parameters_of, every))
+            return (tuple(map(len, children)) == self.n_children
+                    and tuple(chain(map(dict.values, children))) == self.children
+                    and tuple(map(len, own)) == self.n_params
+                    and tuple(map(id, chain(map(dict.values, own)))) == self.params)
+        except (AttributeError, TypeError):  # a dictionary replaced by something else
             return False
-    return True
 
 
 @contextlib.contextmanager
@@ -374,26 +405,34 @@ class _Both:
             self._outer.__exit__(*exc)
 
 
-_SDPA = ("flash", "mem_efficient", "cudnn", "math")
-_sdpa_switches: list[tuple[Callable[[], bool], Callable[[bool], None]]] = []
+def _sdpa_switches() -> tuple[tuple[Callable[[], bool], ...], tuple[Callable[[bool], None], ...]]:
+    """The readers and writers of the flash, memory-efficient, cuDNN and math SDPA switches:
+    the C functions that ``torch.backends.cuda``'s ``*_sdp_enabled`` / ``enable_*_sdp`` call
+    (a penalty reads four and writes eight at every call, and the Python wrappers cost more
+    than the switching), or those wrappers where a PyTorch lacks them."""
+    c, cuda = torch._C, torch.backends.cuda
+    kinds = ("flash", "mem_efficient", "cudnn", "math")
+    reads = tuple(getattr(c, f"_get_{k}_sdp_enabled", None) or getattr(cuda, f"{k}_sdp_enabled")
+                  for k in kinds)
+    writes = tuple(getattr(c, f"_set_sdp_use_{k}", None) or getattr(cuda, f"enable_{k}_sdp")
+                   for k in kinds)
+    return reads, writes
 
 
-def _sdpa_functions() -> list[tuple[Callable[[], bool], Callable[[bool], None]]]:
-    """(read, write) for each SDPA switch, looked up once."""
-    if not _sdpa_switches:
-        cuda = torch.backends.cuda
-        _sdpa_switches[:] = [(getattr(cuda, f"{k}_sdp_enabled"), getattr(cuda, f"enable_{k}_sdp"))
-                             for k in _SDPA]
-    return _sdpa_switches
+_SDPA_READ, _SDPA_WRITE = _sdpa_switches()
 
 
 def _read_sdpa() -> tuple[bool, ...]:
-    return tuple(read() for read, _ in _sdpa_functions())
+    r0, r1, r2, r3 = _SDPA_READ
+    return r0(), r1(), r2(), r3()
 
 
 def _write_sdpa(flags: tuple[bool, ...]) -> None:
-    for (_, write), on in zip(_sdpa_functions(), flags):
-        write(on)
+    w0, w1, w2, w3 = _SDPA_WRITE
+    w0(flags[0])
+    w1(flags[1])
+    w2(flags[2])
+    w3(flags[3])
 
 
 def _write_cudnn(on: bool) -> None:
@@ -401,7 +440,35 @@ def _write_cudnn(on: bool) -> None:
 
 
 # the math kernel only (``sdpa_kernel`` sets the same switches and costs more per call)
-_math_attention = _SharedSwitch(_read_sdpa, _write_sdpa, (False, False, False, True))
+class _MathAttention(_SharedSwitch):
+    """The SDPA switch, with the four reads and eight writes inlined (entered at every
+    penalty call)."""
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                r0, r1, r2, r3 = _SDPA_READ
+                self._saved = (r0(), r1(), r2(), r3())
+                w0, w1, w2, w3 = _SDPA_WRITE
+                w0(False)
+                w1(False)
+                w2(False)
+                w3(True)
+            self._users += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                w0, w1, w2, w3 = _SDPA_WRITE
+                f0, f1, f2, f3 = self._saved
+                w0(f0)
+                w1(f1)
+                w2(f2)
+                w3(f3)
+
+
+_math_attention = _MathAttention(_read_sdpa, _write_sdpa, (False, False, False, True))
 _no_cudnn = _SharedSwitch(lambda: torch.backends.cudnn.enabled, _write_cudnn, False)
 _math_attention_no_cudnn = _Both(_math_attention, _no_cudnn)
 
@@ -530,7 +597,7 @@ def input_gradients(
 
 
 def _unreached(module: Any, layers: _Layers, leaves: tuple[Tensor, ...], call: Call,
-               grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+               grads: tuple[Tensor, ...], signature: Any = None) -> tuple[Tensor, ...]:
     """The critic's parameters that the graph of the input gradient does not reach (the last
     layer's bias: the input gradient does not depend on it), for the zero term.
 
@@ -545,7 +612,9 @@ def _unreached(module: Any, layers: _Layers, leaves: tuple[Tensor, ...], call: C
     """
     key = _call_signature(call)
     if key is not None:
-        key = (tuple((p.shape, p.dtype, p.device) for p in leaves), module.training, key)
+        if signature is None:  # the leaves' (a planned call knows it)
+            signature = tuple((p.shape, p.dtype, p.device) for p in leaves)
+        key = (signature, module.training, key)
         hit = layers.unreached.get(key)
         if hit is not None:
             return hit
@@ -888,6 +957,21 @@ def run(
     ``ddof`` and ``perturbation`` are DRAGAN's. ``package`` only names the caller in error
     messages (gpreg_keras on its torch backend runs this same code).
     """
+    key = None
+    if (scaler is None and not check_finite and output is None
+            and kwargs is None and type(args) is tuple and not args and shape is None
+            and not torch.compiler.is_compiling()):
+        key = _plan_key(spec if type(spec) is str else _builtin_name(spec), package, real,
+                        fake, alpha, points, shape_params, weight, target, ratio, reduction,
+                        global_batch_size)
+        try:
+            plan = _plans.get(key)
+        except TypeError:  # an option that cannot be a key (an array): the general path
+            plan = key = None
+        if plan is not None:
+            value = _planned(plan, critic, real, fake, alpha, generator, create_graph)
+            if value is not None:
+                return value
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"{package}.{spec.name}"
@@ -907,9 +991,219 @@ def run(
     call = call_options(where, args, kwargs, output, sets[0][0].shape[0])
     evaluated = [(*input_gradients(where, critic, pts, create_graph, scaler, call), pts)
                  for pts in sets]
-    return _finish(where, evaluated, o.shape, check_finite, weight=o.weight, target=o.target,
-                   ratio=bool(ratio), reduction=o.reduction,
-                   global_batch_size=o.global_batch_size)
+    value = _finish(where, evaluated, o.shape, check_finite, weight=o.weight, target=o.target,
+                    ratio=bool(ratio), reduction=o.reduction,
+                    global_batch_size=o.global_batch_size)
+    if key is not None and len(sets) == 1 and spec.name in BUILTIN_NAMES:
+        _remember_plan(key, where, o, sets[0][0], real if spec.points != "fake" else fake)
+    return value
+
+
+# ----------------------------------------------------------------------------- planned calls
+# A training loop calls a penalty with the same kinds of inputs at every step. The checks of a
+# call depend only on those kinds (the options' values, the points' shapes, dtypes and
+# devices, the kind of alpha), so once a call of a kind has passed them, later calls of that
+# kind run a straight-line plan: the same operations in the same order as the general path
+# above (bitwise the same results), without re-deciding what the checks decided. Whatever
+# depends on the critic (its kind, its modules, its mode, its output) is still looked at at
+# every call; a call of any other kind (conditioning, scalers, finite checks, DDP, compiled
+# or sharded critics, tuples of parts, DRAGAN, real_fake points) takes the general path.
+
+
+class _Plan(NamedTuple):
+    """How a call of one kind runs (compared by identity where it is a key)."""
+
+    where: str
+    options: _options.Options
+    ratio: bool
+    kind: str  # "interpolates", "real" or "fake"
+    batch: int
+    dtype: torch.dtype
+    device: torch.device
+    view: tuple[int, ...]  # alpha's shape for broadcasting against a part
+    leaves: tuple[Any, ...]  # the leaves' signature (as _unreached keys it)
+    alpha: str  # "draw", "number" or "tensor"
+    dims: tuple[int, ...] | None  # the norm's dimensions where one plain vector_norm is exact
+    exact: tuple[float, float]  # and the range in which it is (_exact_range)
+    token: object  # keys the plan's entries in _Layers.unreached (hashed by identity)
+
+
+_plans: dict[Any, _Plan] = {}
+_PLAIN_OPTION = (type(None), bool, int, float, str)
+_PLANNED_POINTS = ("interpolates", "real", "fake")
+
+
+def _plan_key(spec: str, package: str, real: Any, fake: Any, alpha: Any, points: Any,
+              shape_params: Any, weight: Any, target: Any, ratio: Any, reduction: Any,
+              gbs: Any) -> Any:
+    """What the checks of a call depended on, or ``None`` for a call the plans do not take.
+    Options enter with their types; only Python scalars and strings are ever planned
+    (:func:`_remember_plan`), so a key with anything else finds no plan."""
+    if spec is None:
+        return None
+    if real is not None:
+        if type(real) is not Tensor:
+            return None
+        real = (real.shape, real.dtype, real.device)
+    if fake is not None:
+        if type(fake) is not Tensor:
+            return None
+        fake = (fake.shape, fake.dtype, fake.device)
+    if type(alpha) is Tensor:
+        alpha = (alpha.shape, alpha.dtype, alpha.device)
+    elif alpha is not None:
+        alpha = type(alpha)
+    if shape_params is not None:
+        if type(shape_params) is not dict:
+            return None
+        shape_params = tuple(shape_params.items())
+    return (spec, package, weight, type(weight), target, type(target), ratio, type(ratio),
+            reduction, gbs, type(gbs), points, shape_params, real, fake, alpha)
+
+
+def _builtin_name(spec: Any) -> str | None:
+    """The name of a built-in spec object (gpreg_keras passes those), else ``None``."""
+    name = getattr(spec, "name", None)
+    return name if name in BUILTIN_NAMES and get_spec(name) is spec else None
+
+
+def _remember_plan(key: Any, where: str, o: _options.Options, leaf: Tensor, data: Any) -> None:
+    """Keep the plan of a call that passed the general path's checks."""
+    try:
+        name, weight, target, ratio, reduction, gbs, points, params, alpha = (
+            key[0], key[2], key[4], key[6], key[8], key[9], key[11], key[12], key[-1])
+        spec = get_spec(name)
+        if not all(type(x) in _PLAIN_OPTION for x in (
+                weight, target, ratio, reduction, gbs, points, *(p for _, p in params or ()))):
+            return  # a tensor or an array: checked, and read, at every call
+        if type(ratio) is not bool or (alpha not in (None, int, float) and not isinstance(
+                alpha, tuple)):
+            return
+        if spec.points not in _PLANNED_POINTS or choose_points(where, spec, points) != (
+                spec.points) or not isinstance(data, Tensor) or data.dim() < 1:
+            return
+        alpha_kind = "draw" if alpha is None else "tensor" if isinstance(alpha, tuple) else (
+            "number")
+        dims = exact = None
+        if leaf.dim() > 1 and leaf.device.type == "cpu" and leaf.dtype in _ACCURATE:
+            dims = tuple(range(1, leaf.dim()))
+            exact = _exact_range(leaf.dtype, math.prod(leaf.shape[1:]))
+        plan = _Plan(where, o, ratio, spec.points, int(data.shape[0]), data.dtype, data.device,
+                     (-1,) + (1,) * (data.dim() - 1), ((leaf.shape, leaf.dtype, leaf.device),),
+                     alpha_kind, dims, exact or (0.0, 0.0), object())
+        if len(_plans) >= 256:
+            _plans.clear()
+        _plans[key] = plan
+    except (TypeError, ValueError, KeyError):  # symbolic shapes, anything unexpected
+        return
+
+
+# critic type -> True (a module the plans run), False (another callable), None (the general
+# path: DDP, compiled, FSDP2 or anything not callable)
+_critic_kinds: dict[type, bool | None] = {}
+
+
+def _critic_kind(critic: Any) -> bool | None:
+    cls = type(critic)
+    try:
+        return _critic_kinds[cls]
+    except KeyError:
+        pass
+    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    if isinstance(critic, torch.nn.Module):
+        kind = None if _is_ddp(critic) or _is_compiled(critic) or (
+            fsdp is not None and isinstance(critic, fsdp)) else True
+    else:
+        kind = False if callable(critic) else None
+    if len(_critic_kinds) >= 256:
+        _critic_kinds.clear()
+    _critic_kinds[cls] = kind
+    return kind
+
+
+_set_grad_enabled = torch._C._set_grad_enabled
+
+
+def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
+             generator: torch.Generator | None, create_graph: bool) -> Tensor | None:
+    """The penalty by ``plan``: the general path's operations in its order, inlined (the
+    points, :func:`input_gradients`, :func:`norms_from_gradients`, :func:`_finish`), or
+    ``None`` (before anything was drawn or called) for a critic the general path must take.
+    The critic's errors and the checks of its output are the general path's."""
+    module = _critic_kind(critic)
+    if module is None or torch.is_inference_mode_enabled():
+        return None
+    layers = _layers_of(critic) if module else _NO_LAYERS
+    if layers.shards:
+        return None
+    where = plan.where
+    if plan.kind == "interpolates":
+        r, f = real.detach(), fake.detach()
+        if plan.alpha == "draw":
+            a = torch.rand(plan.batch, generator=generator, device=plan.device, dtype=plan.dtype)
+        elif plan.alpha == "number":
+            a = torch.full((plan.batch,), float(alpha), device=plan.device, dtype=plan.dtype)
+        else:
+            a = alpha.detach().reshape(plan.batch).to(device=plan.device, dtype=plan.dtype)
+        a = a.reshape(plan.view)
+        x = a * r + (1.0 - a) * f
+    else:
+        x = (real if plan.kind == "real" else fake).detach()
+    if layers.batchnorms:
+        _warn_batchnorm(where, critic, layers)
+    grad_was = torch.is_grad_enabled()
+    create_graph = create_graph and grad_was
+    _set_grad_enabled(True)  # torch.enable_grad(), without its Python context manager
+    try:
+        leaf = (x.clone() if x.is_inference() else x).requires_grad_(True)
+        switch = _double_backward_kernels(layers.rnn, plan.device)
+        switch.__enter__()
+        try:
+            raw = critic(leaf)
+        except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+            v.annotate_critic_error(where, [tuple(leaf.shape)], exc)
+            raise
+        finally:
+            switch.__exit__(None, None, None)
+        out = raw if isinstance(raw, Tensor) else _call.pick_output(where, raw, None, _is_tensor)
+        if not isinstance(out, Tensor):
+            raise v.bad_output_type(where, type(out).__name__, "torch.Tensor")
+        if not out.dim() or out.shape[0] != plan.batch:
+            v.check_output_shape(where, tuple(out.shape), plan.batch)
+        if not out.requires_grad:
+            raise v.independent_critic(where)
+        (g,) = torch.autograd.grad(out, (leaf,), grad_outputs=torch.ones_like(out),
+                                   create_graph=create_graph, allow_unused=True)
+        if g is None:
+            raise v.independent_critic(where)
+        anchor = None
+        if create_graph and module:
+            mode = (plan.token, critic.training)
+            found = layers.unreached.get(mode)
+            if found is None:  # as _unreached finds it for this signature, then kept here
+                found = _unreached(critic, layers, (leaf,), PLAIN, (g,), plan.leaves)
+                layers.unreached[mode] = found
+            anchor = tuple(p for p in found if p.requires_grad) if found else None
+    finally:
+        _set_grad_enabled(grad_was)
+    norms = None
+    if plan.dims is not None:
+        norms = torch.linalg.vector_norm(g, dim=plan.dims)
+        values = norms.detach().numpy().tolist()
+        lo, hi = plan.exact
+        if values and not (lo <= min(values) and max(values) <= hi):
+            norms = None
+    if norms is None:
+        norms = norms_from_gradients((g,))
+    o = plan.options
+    values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
+    if o.reduction == "mean" and o.global_batch_size is None:
+        value = torch.mean(values)  # _math.reduce's first case, inlined
+    else:
+        value = _math.reduce(values, o.reduction, xp, count=o.global_batch_size)
+    if anchor:
+        value = value + _zero_term(anchor, value)
+    return value
 
 
 def generic(

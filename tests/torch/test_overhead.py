@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import gpreg
 import gpreg_torch as gp
 from gpreg._tolerances import assert_close
 
@@ -83,3 +84,118 @@ def test_the_zero_gradients_follow_a_critic_that_changes():
     critic.eval()
     assert all(g is not None for g in _penalty_only_grads(critic, x).values())
     assert all(g is not None for g in _penalty_only_grads(critic, x[:2]).values())
+
+
+# --- planned calls: a call of a kind that passed the checks runs a straight-line plan -------
+
+PLANNED = ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "r1", "r2", "wgan_div"]
+
+
+@pytest.fixture
+def planned_calls(monkeypatch):
+    """Counts the calls that ran a plan (so a test cannot pass on the general path alone)."""
+    from gpreg_torch import _core
+
+    calls = []
+    real = _core._planned
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_core, "_planned", spy)
+    monkeypatch.setattr(_core, "_plans", {})
+    return calls
+
+
+def _small_critic(dtype=F64) -> torch.nn.Module:
+    """Smooth (a piecewise-linear critic's input gradient would not see the points' last
+    bits), with a last bias that the penalty does not reach."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 1)).to(dtype)
+
+
+def _value_and_grads(critic, fn):
+    critic.zero_grad(set_to_none=True)
+    value = fn()
+    value.sum().backward()
+    return value.detach(), [None if p.grad is None else p.grad.clone()
+                            for p in critic.parameters()]
+
+
+@pytest.mark.parametrize("name", PLANNED)
+@pytest.mark.parametrize("alpha", ["draw", "number", "tensor"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_a_planned_call_equals_the_general_path_bitwise(planned_calls, name, alpha, reduction,
+                                                        dtype):
+    critic = _small_critic(dtype)
+    torch.manual_seed(1)
+    real, fake = torch.randn(6, 5, dtype=dtype), torch.randn(6, 5, dtype=dtype)
+    penalty = getattr(gp, name)
+    data = {"r1": (real,), "r2": (fake,)}.get(name, (real, fake))
+    options = {"reduction": reduction}
+    if name not in ("r1", "r2"):
+        options["alpha"] = {"draw": None, "number": 0.25,
+                            "tensor": torch.linspace(0.1, 0.9, 6, dtype=dtype)}[alpha]
+
+    def call(**extra):
+        generator = torch.Generator().manual_seed(7)
+        return penalty(critic, *data, generator=generator, **options, **extra) if (
+            name not in ("r1", "r2")) else penalty(critic, *data, **options, **extra)
+
+    general = _value_and_grads(critic, lambda: call(kwargs={}))  # kwargs: never planned
+    assert planned_calls == []
+    _value_and_grads(critic, call)  # passes the checks: the plan is made
+    planned = _value_and_grads(critic, call)
+    assert planned_calls == [True]
+    assert torch.equal(planned[0], general[0])
+    for a, b in zip(planned[1], general[1]):
+        assert a is not None and b is not None and torch.equal(a, b)
+
+
+def test_a_planned_call_still_checks_what_the_critic_returns(planned_calls):
+    critic = _small_critic()
+    x = torch.randn(4, 5, dtype=F64)
+    for _ in range(2):
+        gp.r1(critic, x)
+    assert planned_calls == [True]
+    where = "gpreg_torch.r1"
+    with pytest.raises(ValueError, match=f"{where}: the critic's output has shape \\(\\)"):
+        gp.r1(lambda t: critic(t).sum(), x)
+    with pytest.raises(TypeError, match="a dict with keys 'adv', 'cls'"):
+        gp.r1(lambda t: {"adv": critic(t), "cls": critic(t)}, x)
+    with pytest.raises(RuntimeError, match="does not depend on its input"):
+        gp.r1(lambda t: critic(t.detach()), x)
+    with pytest.raises(RuntimeError, match="inference_mode"), torch.inference_mode():
+        gp.r1(critic, x)
+    with pytest.raises(RuntimeError, match="mat1 and mat2") as info:
+        gp.r1(critic, torch.randn(4, 5, dtype=F64)[:, :4].contiguous())
+    assert any("(4, 4)" in n for n in getattr(info.value, "__notes__", []))
+    with torch.no_grad():
+        assert not gp.r1(critic, x).requires_grad
+    assert not gp.r1(critic, x, create_graph=False).requires_grad
+    assert gp.r1(critic, x).requires_grad
+    critic.insert(1, torch.nn.BatchNorm1d(7).double())  # a BatchNorm after the plan was made
+    with pytest.warns(gpreg.BatchNormWarning, match="1"):
+        gp.r1(critic, x)
+    assert planned_calls[-1] is True  # the BatchNorm was seen by a planned call
+
+
+def test_a_plan_is_made_only_for_values_that_passed(planned_calls):
+    critic = _small_critic()
+    x = torch.randn(4, 5, dtype=F64)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="reduction"):
+            gp.wgan_gp(critic, x, x, reduction="avg")
+        with pytest.raises(ValueError, match="alpha"):
+            gp.wgan_gp(critic, x, x, alpha=torch.rand(3, dtype=F64))
+        with pytest.raises(TypeError, match="alpha"):
+            gp.wgan_gp(critic, x, x, alpha=True)
+    assert planned_calls == []
+    weight = np.float64(10.0)  # a NumPy option: read at every call, never planned
+    for _ in range(3):
+        gp.wgan_gp(critic, x, x, weight=weight)
+    assert planned_calls == []
