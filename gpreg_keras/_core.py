@@ -432,7 +432,11 @@ def norms_from_gradients(grads: Any) -> Any:
     for g in grads:
         dt = _dtype(g)
         acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
-    if _eager_on_host(acc[0]):
+    if backend() == "tensorflow" and not _eager_on_host(acc[0]):
+        wide = _tf_wide_norm(grads, acc)
+        if wide is not None:
+            return wide
+    elif _eager_on_host(acc[0]):
         sq = _math.per_sample_sq_sum(acc, xp)
         values = _host_values(sq)
         if values is not None:
@@ -441,6 +445,36 @@ def norms_from_gradients(grads: Any) -> Any:
             if values.size == 0 or (lo <= values.min() and values.max() <= hi):
                 return ops.sqrt(sq)
     return _math.per_sample_norm(acc, xp)
+
+
+def _tf_wide_norm(grads: Any, acc: list[Any]) -> Any:
+    """On TensorFlow where the sum of squares cannot be read for free (a ``tf.function``, a
+    GPU), the exact norm of float32 (or float16/bfloat16) gradients in a third of the scaled
+    norm's ops: the squares summed in float64, where no float32 square underflows or
+    overflows (float32's smallest subnormal squares to 2e-90, its largest to 1e77), and the
+    root rounded to float32. The root is taken of ``s + 1e-300``: for every nonzero ``s``
+    (≥ 2e-90) that is ``s`` itself in float64, and at ``s = 0`` it gives the value 0 (1e-150
+    rounds to 0 in float32) and a finite derivative (times the zero gradient: 0), the NaN
+    safety of :func:`gpreg._math.safe_norm` without its two selects. ``None`` for float64
+    gradients and on TPUs (no float64 there): the scaled norm."""
+    import tensorflow as tf
+
+    if not all(g.dtype in (tf.float32, tf.float16, tf.bfloat16) for g in grads) or _on_tpu():
+        return None
+    wide = [tf.cast(g, tf.float64) for g in acc]
+    return tf.cast(tf.sqrt(_math.per_sample_sq_sum(wide, xp) + 1e-300), tf.float32)
+
+
+_tpu: list[bool] = []
+
+
+def _on_tpu() -> bool:
+    """Whether TensorFlow has TPUs configured (read once)."""
+    if not _tpu:
+        import tensorflow as tf
+
+        _tpu.append(bool(tf.config.list_logical_devices("TPU")))
+    return _tpu[0]
 
 
 def _exact_range(dtype: str, elements: int) -> tuple[float, float]:

@@ -2,7 +2,8 @@
 
 ``keras.ops.mean`` (and ``std``, built on it) lose float64 precision on Keras's JAX backend
 (a float64 mean comes back rounded to float32). Both are rebuilt here from ``sum``, which is
-exact; everything else is ``keras.ops`` itself.
+exact (on TensorFlow, ``tf.reduce_mean`` is that sum and division in one op, and its
+gradient takes fewer ops than a division's); everything else is ``keras.ops`` itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import keras
 from keras import ops
 
 where = ops.where
@@ -21,12 +23,22 @@ stop_gradient = ops.stop_gradient
 reshape = ops.reshape
 zeros_like = ops.zeros_like
 ones_like = ops.ones_like
+square = ops.square
+
+
+_TENSORFLOW = keras.backend.backend() == "tensorflow"
+if _TENSORFLOW:
+    import tensorflow as tf
+
+    _tf_mean = tf.math.reduce_mean
 
 
 def mean(x: Any) -> Any:
     """Mean of all elements, exact in float64 on every backend (one sum and one division by
     the element count where the shape is known; under a trace with an unknown dimension, the
     count is a tensor)."""
+    if _TENSORFLOW and (x.dtype is tf.float32 or x.dtype is tf.float64):
+        return _tf_mean(x)  # bitwise the sum divided by the count, as below
     dims = tuple(x.shape)
     if all(isinstance(d, int) for d in dims):
         return ops.sum(x) / math.prod(dims)

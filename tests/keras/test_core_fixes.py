@@ -66,3 +66,67 @@ def test_zero_inf_and_nan_gradients_stay_what_they_are():
     w = np.array([[0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0]], dtype="float32")
     n = ops.convert_to_numpy(gp.grad_norm(linear_critic(w), ops.ones((3, 2))))
     assert n[0] == 0 and n[1] == np.inf and np.isnan(n[2])
+
+
+def _compiled(fn):
+    """``fn`` staged into the backend's compiled form (Keras on torch runs gpreg_torch eagerly,
+    as a compiled Keras step does: #14.14)."""
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if name == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_norms_are_exact_across_the_float_range(dtype):
+    """In a compiled step the norm cannot be read on the host: float32 gradients are summed in
+    float64 on TensorFlow, float64 ones (and JAX's) scaled. Entries s (2s by closed form) from
+    the smallest subnormal to near the largest finite value, a zero and the ordinary range."""
+    info = np.finfo(dtype)
+    scales = np.array([1.0, float(info.smallest_subnormal), 1e-25, 1e19, float(info.max) / 4,
+                       0.0, 3.0], dtype=dtype)
+    if dtype == "float64":
+        scales[2:4] = [1e-170, 1e160]
+    w = ops.convert_to_tensor(np.repeat(scales[:, None], 4, axis=1))
+    x = ops.convert_to_tensor(np.ones((7, 4), dtype=dtype))
+    norms = _compiled(lambda w, x: gp.grad_norm(lambda p: ops.sum(p * w, axis=1), x))(w, x)
+    assert_close(ops.convert_to_numpy(norms), 2 * scales, dtype)
+
+
+def test_a_compiled_penalty_at_a_zero_gradient_has_a_zero_parameter_gradient():
+    """R1 of D(x) = x·v with v = 0: the value is 0 and so is its gradient in v (not NaN), the
+    same in a compiled step as eagerly."""
+    v = np.zeros((3, 1), dtype="float32")
+    x = np.ones((5, 3), dtype="float32")
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        var = tf.Variable(v)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                value = gp.r1(lambda p: tf.matmul(p, var), tf.constant(x))
+            return value, tape.gradient(value, var)
+
+        value, grad = step()
+    elif name == "jax":
+        import jax
+
+        value, grad = jax.jit(jax.value_and_grad(
+            lambda v: gp.r1(lambda p: p @ v, jax.numpy.asarray(x))))(jax.numpy.asarray(v))
+    else:
+        import torch
+
+        var = torch.zeros(3, 1, requires_grad=True)
+        value = gp.r1(lambda p: p @ var, torch.from_numpy(x))
+        (grad,) = torch.autograd.grad(value, var)
+    assert float(ops.convert_to_numpy(value)) == 0.0
+    assert np.array_equal(ops.convert_to_numpy(grad), np.zeros((3, 1), dtype="float32"))
