@@ -38,7 +38,8 @@ def per_sample_sq_sum(grads: Sequence[Array], xp: Namespace) -> Array:
         ndim = len(g.shape)
         # sum over the non-batch axes (the batch size may be unknown while tracing)
         sq = _square(g, xp)
-        s = sq if ndim == 1 else xp.sum(sq, axis=tuple(range(1, ndim)))
+        # one axis as an int: TensorFlow's eager fast path takes it, a tuple goes the slow way
+        s = sq if ndim == 1 else xp.sum(sq, axis=1 if ndim == 2 else tuple(range(1, ndim)))
         total = s if total is None else total + s
     return total
 

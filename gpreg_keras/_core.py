@@ -111,10 +111,61 @@ def _check_dense(where: str, role: str, p: Any) -> None:
         raise v.unsupported_points(where, role, kind or "sparse tensor")
 
 
+_eager_type: list[Any] = []
+
+
+def _concrete_type() -> Any:
+    """The class of the backend's concrete arrays: TensorFlow's EagerTensor, JAX's ArrayImpl
+    (``None`` on torch, whose inputs gpreg_torch checks by signature)."""
+    if not _eager_type:
+        name = backend()
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            _eager_type.append(type(tf.constant(0.0)))
+        elif name == "jax":
+            import jax.numpy as jnp
+
+            _eager_type.append(type(jnp.zeros(())))
+        else:
+            _eager_type.append(None)
+    return _eager_type[0]
+
+
+def _signature(p: Any) -> Any:
+    """What the checks of a concrete array depend on (its shape and dtype), read without
+    Keras's or TensorFlow's Python-level accessors; ``None`` for anything else (NumPy, a
+    tracer, a symbolic or sparse tensor, a variable), which is checked at every call."""
+    cls = _concrete_type()
+    if cls is None or type(p) is not cls:
+        return None
+    try:
+        if backend() == "tensorflow":
+            return p._shape_tuple(), p._datatype_enum()
+        return p.shape, p.dtype
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - other versions
+        return None
+
+
+# (where, role, signatures) of points whose checks passed; no arrays are held
+_checked_parts: set[tuple[Any, ...]] = set()
+
+
+def _remember(key: tuple[Any, ...]) -> None:
+    if len(_checked_parts) >= 1024:
+        _checked_parts.clear()
+    _checked_parts.add(key)
+
+
 def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
     """Normalise ``x`` (tensor, NumPy array or tuple/list of them) to a tuple of stopped
-    tensors of the active backend."""
+    tensors of the active backend. Concrete arrays of a signature that passed the checks
+    are only stopped (the checks depend on nothing else)."""
     items = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    sigs = tuple(map(_signature, items))
+    key = (where, role, sigs) if None not in sigs else None
+    if key is not None and key in _checked_parts:
+        return tuple(map(ops.stop_gradient, items))
     out = []
     for p in items:
         _check_dense(where, role, p)
@@ -133,6 +184,8 @@ def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
     shapes = [_static(p.shape) for p in out]
     if all(s and s[0] is not None for s in shapes) or any(len(s) == 0 for s in shapes):
         v.check_parts(where, role, shapes)
+    if key is not None:
+        _remember(key)
     return tuple(out)
 
 
@@ -282,6 +335,11 @@ def _uniform(where: str, shape: Any, dtype: str, seed: Any, k: int, like: Any,
 
 
 def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
+    sig = _signature(alpha)
+    if sig is not None:  # a concrete alpha of shape (batch,) in like's dtype: only stopped
+        own = _signature(like)
+        if own is not None and sig[1] == own[1] and tuple(sig[0]) == tuple(own[0][:1]):
+            return ops.stop_gradient(alpha)
     batch = _batch(like)
     dt = _dtype(like)
     if alpha is None:
@@ -529,7 +587,13 @@ def _mixed_policy() -> bool:
 def _match_fake(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> tuple[Any, ...]:
     """``fake`` checked against ``real``: same shapes and dtypes. Under a mixed dtype policy
     (``mixed_float16``: float32 data, a float16 generator) ``fake`` is cast to ``real``'s
-    dtype, which is what the critic's layers then cast to their compute dtype anyway."""
+    dtype, which is what the critic's layers then cast to their compute dtype anyway. A pair
+    of concrete signatures that passed with nothing cast is not checked again."""
+    key = (where, "real_fake", tuple(map(_signature, r)), tuple(map(_signature, f)))
+    if None in key[2] or None in key[3]:
+        key = None
+    elif key in _checked_parts:
+        return f
     v.check_same_shapes(where, [_static(t.shape) for t in r], [_static(t.shape) for t in f])
     out = []
     for i, (rt, ft) in enumerate(zip(r, f)):
@@ -538,6 +602,8 @@ def _match_fake(where: str, r: tuple[Any, ...], f: tuple[Any, ...]) -> tuple[Any
         v.check_same_dtype(where, [(f"real[{i}]", _dtype(rt)), (f"fake[{i}]", _dtype(ft))],
                            cast="keras.ops.cast(fake, real.dtype)")
         out.append(ft)
+    if key is not None and all(a is b for a, b in zip(out, f)):  # nothing was cast
+        _remember(key)
     return tuple(out)
 
 

@@ -25,6 +25,25 @@ zeros_like = ops.zeros_like
 ones_like = ops.ones_like
 square = ops.square
 
+# The ops on every call's path, as the backend's own functions: the same kernels, without
+# keras.ops' Python layer (its symbolic-tensor and dtype checks cost more than the op itself
+# in eager TensorFlow and JAX; gpreg's arrays are never symbolic, and always floating).
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as _tf
+
+    sqrt, square, reshape = _tf.sqrt, _tf.square, _tf.reshape
+
+    def sum(x: Any, axis: Any = None) -> Any:
+        return _tf.reduce_sum(x, axis=axis)
+
+elif keras.backend.backend() == "jax":
+    import jax.numpy as _jnp
+
+    sqrt, square, reshape = _jnp.sqrt, _jnp.square, _jnp.reshape
+
+    def sum(x: Any, axis: Any = None) -> Any:
+        return _jnp.sum(x, axis=axis)
+
 
 _TENSORFLOW = keras.backend.backend() == "tensorflow"
 if _TENSORFLOW:

@@ -6,13 +6,12 @@ caller's own tape, which records the inner gradient computation: that is the dou
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -87,8 +86,42 @@ def _patch_points() -> list[tuple[Any, str, Any]]:
 _saved: list[tuple[Any, str, Any]] = []
 
 
-@contextlib.contextmanager
-def exact_moments() -> Iterator[None]:
+_points_cache: list[list[tuple[Any, str, Any]]] = []
+
+
+class _ExactMoments:
+    """The context of :func:`exact_moments` (a plain object: a penalty enters it at every
+    call, and a generator-based context manager and a fresh lookup of the patch points
+    through TensorFlow's lazy module wrappers cost several microseconds more)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth
+        with _lock:
+            if _depth == 0:
+                if not _points_cache:
+                    _points_cache.append(_patch_points())
+                points = _points_cache[0]
+                _saved[:] = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in points]
+                for mod, attr, exact in points:
+                    setattr(mod, attr, exact)
+            _depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        global _depth
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for mod, attr, original in _saved:
+                    setattr(mod, attr, original)
+                _saved.clear()
+
+
+_EXACT_MOMENTS = _ExactMoments()
+
+
+def exact_moments() -> _ExactMoments:
     """While active, normalization statistics on TensorFlow are computed exactly.
 
     Keras 3 (TensorFlow backend), tf-keras and plain TensorFlow code get the statistics of
@@ -103,25 +136,10 @@ def exact_moments() -> Iterator[None]:
     The swap is process-wide and counted: the lock is held only while the functions are
     swapped or restored, never while the critic runs, so replica threads that meet inside
     the critic (``BatchNormalization(synchronized=True)`` under ``MirroredStrategy``) do not
-    wait on each other.
+    wait on each other. The modules and replacements are looked up once; what is swapped out
+    (and back in) is whatever those attributes hold at each outermost entry.
     """
-    global _depth
-    with _lock:
-        if _depth == 0:
-            points = _patch_points()
-            _saved[:] = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in points]
-            for mod, attr, exact in points:
-                setattr(mod, attr, exact)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for mod, attr, original in _saved:
-                    setattr(mod, attr, original)
-                _saved.clear()
+    return _EXACT_MOMENTS
 
 
 # --- the user's critic: AutoGraph as the caller has it, fresh traces of tf.function critics ---
