@@ -1022,7 +1022,7 @@ class _Plan(NamedTuple):
     device: torch.device
     view: tuple[int, ...]  # alpha's shape for broadcasting against a part
     leaves: tuple[Any, ...]  # the leaves' signature (as _unreached keys it)
-    alpha: str  # "draw", "number" or "tensor"
+    alpha: str  # "draw", "number", "tensor" or "as_is" (a tensor of the points' kind)
     dims: tuple[int, ...] | None  # the norm's dimensions where one plain vector_norm is exact
     exact: tuple[float, float]  # and the range in which it is (_exact_range)
     token: object  # keys the plan's entries in _Layers.unreached (hashed by identity)
@@ -1084,6 +1084,9 @@ def _remember_plan(key: Any, where: str, o: _options.Options, leaf: Tensor, data
             return
         alpha_kind = "draw" if alpha is None else "tensor" if isinstance(alpha, tuple) else (
             "number")
+        if alpha_kind == "tensor" and tuple(alpha[0]) == (data.shape[0],) and alpha[1:] == (
+                data.dtype, data.device):
+            alpha_kind = "as_is"
         dims = exact = None
         if leaf.dim() > 1 and leaf.device.type == "cpu" and leaf.dtype in _ACCURATE:
             dims = tuple(range(1, leaf.dim()))
@@ -1138,11 +1141,15 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
         return None
     where = plan.where
     if plan.kind == "interpolates":
-        r, f = real.detach(), fake.detach()
+        # (a detach only where there is a graph to cut: the points are the same numbers)
+        r = real.detach() if real.requires_grad else real
+        f = fake.detach() if fake.requires_grad else fake
         if plan.alpha == "draw":
             a = torch.rand(plan.batch, generator=generator, device=plan.device, dtype=plan.dtype)
         elif plan.alpha == "number":
             a = torch.full((plan.batch,), float(alpha), device=plan.device, dtype=plan.dtype)
+        elif plan.alpha == "as_is":  # (B,) in the points' dtype and device: reshaped below
+            a = alpha.detach() if alpha.requires_grad else alpha
         else:
             a = alpha.detach().reshape(plan.batch).to(device=plan.device, dtype=plan.dtype)
         a = a.reshape(plan.view)

@@ -199,3 +199,23 @@ def test_a_plan_is_made_only_for_values_that_passed(planned_calls):
     for _ in range(3):
         gp.wgan_gp(critic, x, x, weight=weight)
     assert planned_calls == []
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "wgan_lp", "zero_gp", "max_gp", "wgan_div"])
+def test_a_planned_call_gives_the_generator_nothing(planned_calls, name):
+    """Points from a generator's graph (fake = G(z)) and an alpha that requires grad: the
+    planned call cuts both, as the general path does, with the same value and gradients."""
+    critic = _small_critic()
+    torch.manual_seed(2)
+    z = torch.randn(6, 5, dtype=F64, requires_grad=True)
+    real = torch.randn(6, 5, dtype=F64)
+    alpha = torch.linspace(0.2, 0.8, 6, dtype=F64, requires_grad=True)
+    penalty = getattr(gp, name)
+    general = _value_and_grads(critic, lambda: penalty(critic, real, 2.0 * z, alpha=alpha,
+                                                       kwargs={}))
+    _value_and_grads(critic, lambda: penalty(critic, real, 2.0 * z, alpha=alpha))
+    planned = _value_and_grads(critic, lambda: penalty(critic, real, 2.0 * z, alpha=alpha))
+    assert planned_calls == [True]
+    assert z.grad is None and alpha.grad is None
+    assert torch.equal(planned[0], general[0])
+    assert all(torch.equal(a, b) for a, b in zip(planned[1], general[1]))
