@@ -46,3 +46,18 @@ def test_tiny_unknown_path() -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.tiny", "--paths", "mxnet"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown paths ['mxnet']" in proc.stderr
+
+
+def test_tiny_floor_quick(tmp_path: Path) -> None:
+    """``python -m benchmarks.tiny_floor --quick``: the floor unit (gpreg's ops without its
+    checks) agreed with the hand-written penalty and with gpreg before timing, and every
+    ratio is finite and positive."""
+    out = tmp_path / "floor.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.tiny_floor", "--quick", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["us"]) == {"hand", "floor", "gpreg", "control"}
+    for key in ("floor_over_hand", "gpreg_over_floor", "gpreg_over_hand"):
+        assert math.isfinite(result[key]["median"]) and result[key]["median"] > 0
+    assert "floor / hand:" in proc.stdout
