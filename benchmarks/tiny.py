@@ -68,10 +68,10 @@ def _rel_err(a: Sequence[Any], b: Sequence[Any]) -> float:
 # (value, [gradient of every parameter]) as framework arrays.
 
 
-def _units_torch() -> dict[str, Any]:
+def torch_setup() -> tuple[Any, list[Any], Any, Any, Any, Callable[[Any], Any]]:
+    """The tiny critic as a torch module, its parameters, real, fake and alpha, and
+    ``grads_of(loss)``: the loss's value and every parameter's gradient (by ``backward``)."""
     import torch
-
-    import gpreg_torch as gp
 
     w = _weights()
     lin1, lin2 = torch.nn.Linear(FEATURES, HIDDEN), torch.nn.Linear(HIDDEN, 1)
@@ -90,10 +90,17 @@ def _units_torch() -> dict[str, Any]:
             p.grad = None
         return loss.detach(), out
 
-    return {"eager": _torch_pairs(gp, critic, real, fake, alpha, grads_of)}
+    return critic, params, real, fake, alpha, grads_of
 
 
-def _torch_pairs(gp: Any, critic: Any, real: Any, fake: Any, alpha: Any,
+def _units_torch() -> dict[str, Any]:
+    import gpreg_torch as gp
+
+    critic, _, real, fake, alpha, grads_of = torch_setup()
+    return {"eager": torch_pairs(gp, critic, real, fake, alpha, grads_of)}
+
+
+def torch_pairs(gp: Any, critic: Any, real: Any, fake: Any, alpha: Any,
                  grads_of: Callable[[Any], Any]) -> dict[str, Any]:
     """(gpreg, hand-written) units of WGAN-GP and R1 in PyTorch autograd, for a torch module
     or a Keras model on the torch backend (``gp`` is gpreg_torch or gpreg_keras)."""
@@ -222,7 +229,7 @@ def _units_keras_torch() -> dict[str, Any]:
     def grads_of(loss: Any) -> tuple[Any, list[Any]]:
         return loss.detach(), list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    return {"eager": _torch_pairs(gp, model, real, fake, alpha, grads_of)}
+    return {"eager": torch_pairs(gp, model, real, fake, alpha, grads_of)}
 
 
 # ----------------------------------------------------------------------------- one path

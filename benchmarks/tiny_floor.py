@@ -34,31 +34,10 @@ def units() -> dict[str, Any]:
 
     import gpreg_torch as gp
 
-    w = tiny._weights()
-    lin1, lin2 = torch.nn.Linear(tiny.FEATURES, tiny.HIDDEN), torch.nn.Linear(tiny.HIDDEN, 1)
-    with torch.no_grad():
-        for lin, k, b in ((lin1, w[0], w[1]), (lin2, w[2], w[3])):
-            lin.weight.copy_(torch.from_numpy(k.T.copy()))
-            lin.bias.copy_(torch.from_numpy(b))
-    critic = torch.nn.Sequential(lin1, torch.nn.LeakyReLU(0.2), lin2)
-    params = list(critic.parameters())
-    real, fake, alpha = (torch.from_numpy(a) for a in tiny._data())
+    critic, params, real, fake, alpha, grads_of = tiny.torch_setup()
+    mine, hand = tiny.torch_pairs(gp, critic, real, fake, alpha, grads_of)["wgan_gp"]
     info = torch.finfo(torch.float32)
     lo, hi = math.sqrt(2.0 * tiny.FEATURES * info.tiny), math.sqrt(info.max) / 16.0
-
-    def grads_of(loss: Any) -> tuple[Any, list[Any]]:
-        loss.backward()
-        out = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        return loss.detach(), out
-
-    def hand() -> Any:
-        a = alpha.view(-1, 1)
-        x = (a * real + (1 - a) * fake).requires_grad_(True)
-        out = critic(x)
-        (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
-        return grads_of(((g.norm(2, dim=1) - 1) ** 2).mean() * 10)
 
     def floor() -> Any:
         a = alpha.reshape(-1, 1)
@@ -71,11 +50,7 @@ def units() -> dict[str, Any]:
         if not (lo <= min(values) and max(values) <= hi):  # gpreg would scale: not here
             raise AssertionError("the tiny critic's norms left the plain range")
         d = norms - 1.0
-        value = torch.mean(d * d * 10.0)
-        return grads_of(value + params[-1][:0].sum())
-
-    def mine() -> Any:
-        return grads_of(gp.wgan_gp(critic, real, fake, alpha=alpha))
+        return grads_of(torch.mean(d * d * 10.0) + params[-1][:0].sum())
 
     return {"hand": hand, "floor": floor, "gpreg": mine}
 
