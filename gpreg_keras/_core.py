@@ -722,12 +722,12 @@ def _torch_inputs(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: An
     else; gpreg_torch detaches them)."""
     roles = _TORCH_ROLES.get(spec.points)
     key = None
-    if roles is not None and type(alpha) is not np.ndarray:
+    if roles is not None:
         key = (where, spec.points, _torch_signature(real), _torch_signature(fake))
         if any(key[i] is None for i in roles):
             key = None
-        elif key in _torch_checked:
-            return real, fake, alpha, noise
+        elif key in _torch_checked:  # (alpha and noise are converted at every call)
+            return real, fake, _numpy_to_tensor(alpha), _numpy_to_tensor(noise)
     checked = _torch_checks(spec, where, real, fake, alpha, noise)
     if key is not None and (spec.points != "interpolates" or real.dtype == fake.dtype):
         if len(_torch_checked) >= 1024:

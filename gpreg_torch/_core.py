@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from gpreg import _call, _math, _options, _points
@@ -342,7 +343,20 @@ def _warn_batchnorm(where: str, critic: Any, layers: _Layers) -> None:
     names = [n for n, m in layers.batchnorms if _batch_statistics(m())]
     if names:
         _warned.add(critic)
-        warnings.warn(v.batchnorm_message(where, names), v.BatchNormWarning, stacklevel=4)
+        warnings.warn(v.batchnorm_message(where, names), v.BatchNormWarning,
+                      stacklevel=_user_stacklevel())
+
+
+_OWN = ("gpreg", "gpreg_torch", "gpreg_keras", "keras", "torch")
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning (issued by the caller of this function) at
+    the first frame outside gpreg and the frameworks: the user's call, on every path."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _OWN:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _finite(where: str, what: str, x: Tensor, note: str = "") -> None:
@@ -767,13 +781,17 @@ def _in_exact_range(norms: Tensor, elements: int) -> bool:
         values = norms.detach().numpy()
     except (RuntimeError, TypeError, ValueError):
         return False
-    lo, hi = _exact_range(norms.dtype, elements)
-    if values.size == 0:
-        return True
+    return _within(values, *_exact_range(norms.dtype, elements))
+
+
+def _within(values: Any, lo: float, hi: float) -> bool:
+    """Whether every value that is not NaN lies in [lo, hi] (NaN anywhere in the batch is
+    left out of the check alike: the other samples' norms do not depend on where it is)."""
     if values.size <= 256:
-        seq = values.tolist()
-        return lo <= min(seq) and max(seq) <= hi
-    return bool(lo <= values.min()) and bool(values.max() <= hi)
+        seq = [x for x in values.tolist() if x == x]
+        return not seq or (lo <= min(seq) and max(seq) <= hi)
+    seen = values[~np.isnan(values)]
+    return not seen.size or (bool(lo <= seen.min()) and bool(seen.max() <= hi))
 
 
 def _scaled_norms(grads: Sequence[Tensor]) -> Tensor:
@@ -1056,9 +1074,12 @@ def _plan_key(spec: str, package: str, real: Any, fake: Any, alpha: Any, points:
     if shape_params is not None:
         if type(shape_params) is not dict:
             return None
-        shape_params = tuple(shape_params.items())
+        shape_params = tuple((k, x, type(x)) for k, x in shape_params.items())
+    # every value with its type: True == 1 == 1.0 and np.str_("mean") == "mean" hash alike,
+    # and only Python's own types are planned
     return (spec, package, weight, type(weight), target, type(target), ratio, type(ratio),
-            reduction, gbs, type(gbs), points, shape_params, real, fake, alpha)
+            reduction, type(reduction), gbs, type(gbs), points, type(points), shape_params,
+            real, fake, alpha)
 
 
 def _builtin_name(spec: Any) -> str | None:
@@ -1071,10 +1092,10 @@ def _remember_plan(key: Any, where: str, o: _options.Options, leaf: Tensor, data
     """Keep the plan of a call that passed the general path's checks."""
     try:
         name, weight, target, ratio, reduction, gbs, points, params, alpha = (
-            key[0], key[2], key[4], key[6], key[8], key[9], key[11], key[12], key[-1])
+            key[0], key[2], key[4], key[6], key[8], key[10], key[12], key[14], key[-1])
         spec = get_spec(name)
         if not all(type(x) in _PLAIN_OPTION for x in (
-                weight, target, ratio, reduction, gbs, points, *(p for _, p in params or ()))):
+                weight, target, ratio, reduction, gbs, points, *(p for _, p, _ in params or ()))):
             return  # a tensor or an array: checked, and read, at every call
         if type(ratio) is not bool or (alpha not in (None, int, float) and not isinstance(
                 alpha, tuple)):
@@ -1194,11 +1215,9 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
     finally:
         _set_grad_enabled(grad_was)
     norms = None
-    if plan.dims is not None:
+    if plan.dims is not None:  # norms_from_gradients' CPU case, with its range known
         norms = torch.linalg.vector_norm(g, dim=plan.dims)
-        values = norms.detach().numpy().tolist()
-        lo, hi = plan.exact
-        if values and not (lo <= min(values) and max(values) <= hi):
+        if not _within(norms.detach().numpy(), *plan.exact):
             norms = None
     if norms is None:
         norms = norms_from_gradients((g,))

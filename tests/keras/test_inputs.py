@@ -262,3 +262,34 @@ if BACKEND == "torch":
         for v, w, g in zip(critic.trainable_variables, start, grads):
             np.testing.assert_allclose(ops.convert_to_numpy(v), w - 0.1 * g, rtol=1e-5,
                                        atol=1e-6)
+
+
+def test_numpy_noise_and_alpha_are_converted_at_every_call():
+    """A plugin evaluated at perturbed points with NumPy noise (and a NumPy alpha at
+    interpolates): the second and later calls, whose points passed the checks before, convert
+    them as the first does (on the torch backend they were passed on as NumPy arrays)."""
+    from gpreg import _specs
+
+    registry = dict(_specs._registry)
+    try:
+        gpreg.register_penalty(gpreg.PenaltySpec(
+            "test_perturbed", "interpolates", "two_sided",
+            point_options=("interpolates", "perturbed_real")))
+        penalty = gp.get_penalty("test_perturbed")
+        model = keras.Sequential([keras.Input((3,)), layers.Dense(1)])
+        if keras.backend.backend() == "jax":
+            model = gp.stateless_critic(model, [v.value for v in model.trainable_variables],
+                                        [v.value for v in model.non_trainable_variables])
+        real = ops.convert_to_tensor(np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3))
+        fake = ops.convert_to_tensor(np.zeros((4, 3), dtype="float32"))
+        noise = np.random.default_rng(0).random((4, 3)).astype("float32")
+        alpha = np.full(4, 0.5, dtype="float32")
+        values = [float(ops.convert_to_numpy(penalty(
+            model, real, fake, points="perturbed_real", noise=noise)))
+            for _ in range(3)]
+        values += [float(ops.convert_to_numpy(penalty(model, real, fake, alpha=alpha)))
+                   for _ in range(3)]
+        assert values[0] == values[1] == values[2] and values[3] == values[4] == values[5]
+    finally:
+        _specs._registry.clear()
+        _specs._registry.update(registry)

@@ -219,3 +219,62 @@ def test_a_planned_call_gives_the_generator_nothing(planned_calls, name):
     assert z.grad is None and alpha.grad is None
     assert torch.equal(planned[0], general[0])
     assert all(torch.equal(a, b) for a, b in zip(planned[1], general[1]))
+
+
+@pytest.mark.parametrize("batch", [16, 300])
+def test_a_nan_sample_leaves_the_others_norms_alike_wherever_it_is(planned_calls, batch):
+    """One NaN input gradient: the other samples' norms are the same whether the NaN is the
+    first sample or the sixth, and on a planned call as on the general path (the range check
+    leaves NaN out at every batch size; before, a batch above 256 and a NaN first changed
+    the others' last bits)."""
+    torch.manual_seed(4)
+    w = torch.randn(8, dtype=torch.float32)
+    critic = lambda x: (x * x * w).sum(1)  # noqa: E731  (a gradient that depends on x)
+    base = torch.randn(batch, 8)
+
+    def norms(at: int, **kw):
+        x = base.clone()
+        x[at, 0] = float("nan")
+        out = gp.r1(critic, x, reduction="none", **kw)
+        return torch.cat([out[:at], out[at + 1:]])
+
+    general = norms(5, kwargs={})
+    norms(5)
+    assert torch.equal(norms(5), general)
+    assert planned_calls[-1] is True
+    first = gp.r1(critic, torch.cat([base[5:6].clone().fill_(float("nan")), base[:5],
+                                     base[6:]]), reduction="none", kwargs={})[1:]
+    assert torch.equal(first, general)
+
+
+def test_a_shape_parameter_is_checked_by_type_too(planned_calls):
+    critic = _small_critic()
+    real, fake = torch.randn(3, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
+    for _ in range(2):
+        gp.wgan_div(critic, real, fake, p=1)
+    assert planned_calls == [True]
+    for p in (True, np.float64(1.0)):
+        if p is True:
+            with pytest.raises(TypeError, match="p must be a Python number; got bool"):
+                gp.wgan_div(critic, real, fake, p=p)
+        else:  # a NumPy number passes the check; it is read at every call, never planned
+            gp.wgan_div(critic, real, fake, p=p)
+    with pytest.raises(ValueError, match="reduction"):
+        gp.wgan_gp(critic, real, fake, reduction=np.str_("avg"))
+
+
+def test_the_batchnorm_warning_points_at_the_callers_line(planned_calls):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, dtype=F64)
+    for general in (True, False):
+        critic = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7),
+                                     torch.nn.Linear(7, 1)).double()
+        extra = {"kwargs": {}} if general else {}
+        if not general:
+            with pytest.warns(gpreg.BatchNormWarning):
+                gp.r1(critic, x)  # makes the plan (the warning is once per critic)
+            critic = torch.nn.Sequential(*critic).double()
+        with pytest.warns(gpreg.BatchNormWarning) as record:
+            gp.r1(critic, x, **extra)
+        assert record[0].filename == __file__
+    assert planned_calls[-1] is True
