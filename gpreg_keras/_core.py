@@ -483,18 +483,21 @@ def norms_from_gradients(grads: Any) -> Any:
     the CPU, also under an eager outer ``jax.grad``) and every sample's lies in the range
     where it is exact and nonzero (:func:`_exact_range`), the norm is its square root: three
     ops, as a hand-written norm, instead of the scaled norm's dozen (in eager mode each op is
-    a dispatch of tens of microseconds). Anywhere else (a compiled step, a GPU, a zero, tiny
-    or huge gradient, NaN) it is the scaled, NaN-safe norm.
+    a dispatch of tens of microseconds). On TensorFlow where it cannot be read for free (a
+    ``tf.function``, a GPU), float32 gradients get the norm of :func:`_tf_wide_norm`.
+    Anywhere else (JAX under ``jit``, float64 in a ``tf.function``, a zero, tiny or huge
+    gradient, NaN) it is the scaled, NaN-safe norm.
     """
     acc = []
     for g in grads:
         dt = _dtype(g)
         acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
-    if backend() == "tensorflow" and not _eager_on_host(acc[0]):
+    on_host = _eager_on_host(acc[0])
+    if not on_host and backend() == "tensorflow":
         wide = _tf_wide_norm(grads, acc)
         if wide is not None:
             return wide
-    elif _eager_on_host(acc[0]):
+    elif on_host:
         sq = _math.per_sample_sq_sum(acc, xp)
         values = _host_values(sq)
         if values is not None:
