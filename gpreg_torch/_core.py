@@ -373,29 +373,35 @@ class _SharedSwitch:
 
     PyTorch's SDPA and cuDNN switches are global, not per thread. Passes that overlap in
     several threads share one change: the first saves the caller's setting and applies the
-    pass's, the last restores the caller's, so no interleaving leaves the setting changed.
-    Used as ``with switch:`` (a plain context manager object: a penalty enters it at every
-    call, and a generator-based one cost several microseconds more).
+    pass's (:meth:`_apply`), the last restores the caller's (:meth:`_restore`), so no
+    interleaving leaves the setting changed. Used as ``with switch:`` (a plain context
+    manager object: a penalty enters it at every call, and a generator-based one cost several
+    microseconds more).
     """
 
-    def __init__(self, read: Callable[[], Any], write: Callable[[Any], None], value: Any):
-        self._read, self._write, self._value = read, write, value
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
         self._saved: Any = None
 
+    def _apply(self) -> Any:
+        """Set the pass's value; return the caller's."""
+        raise NotImplementedError
+
+    def _restore(self, saved: Any) -> None:
+        raise NotImplementedError
+
     def __enter__(self) -> None:
         with self._lock:
             if self._users == 0:
-                self._saved = self._read()
-                self._write(self._value)
+                self._saved = self._apply()
             self._users += 1
 
     def __exit__(self, *exc: Any) -> None:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                self._write(self._saved)
+                self._restore(self._saved)
 
 
 class _Both:
@@ -436,54 +442,39 @@ def _sdpa_switches() -> tuple[tuple[Callable[[], bool], ...], tuple[Callable[[bo
 _SDPA_READ, _SDPA_WRITE = _sdpa_switches()
 
 
-def _read_sdpa() -> tuple[bool, ...]:
-    r0, r1, r2, r3 = _SDPA_READ
-    return r0(), r1(), r2(), r3()
-
-
-def _write_sdpa(flags: tuple[bool, ...]) -> None:
-    w0, w1, w2, w3 = _SDPA_WRITE
-    w0(flags[0])
-    w1(flags[1])
-    w2(flags[2])
-    w3(flags[3])
-
-
-def _write_cudnn(on: bool) -> None:
-    torch.backends.cudnn.enabled = on
-
-
-# the math kernel only (``sdpa_kernel`` sets the same switches and costs more per call)
 class _MathAttention(_SharedSwitch):
-    """The SDPA switch, with the four reads and eight writes inlined (entered at every
-    penalty call)."""
+    """SDPA on its math kernel only (``sdpa_kernel`` sets the same switches and costs more
+    per call)."""
 
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._users == 0:
-                r0, r1, r2, r3 = _SDPA_READ
-                self._saved = (r0(), r1(), r2(), r3())
-                w0, w1, w2, w3 = _SDPA_WRITE
-                w0(False)
-                w1(False)
-                w2(False)
-                w3(True)
-            self._users += 1
+    def _apply(self) -> tuple[bool, ...]:
+        r0, r1, r2, r3 = _SDPA_READ
+        saved = (r0(), r1(), r2(), r3())
+        w0, w1, w2, w3 = _SDPA_WRITE
+        w0(False)
+        w1(False)
+        w2(False)
+        w3(True)
+        return saved
 
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0:
-                w0, w1, w2, w3 = _SDPA_WRITE
-                f0, f1, f2, f3 = self._saved
-                w0(f0)
-                w1(f1)
-                w2(f2)
-                w3(f3)
+    def _restore(self, saved: tuple[bool, ...]) -> None:
+        for write, on in zip(_SDPA_WRITE, saved):
+            write(on)
 
 
-_math_attention = _MathAttention(_read_sdpa, _write_sdpa, (False, False, False, True))
-_no_cudnn = _SharedSwitch(lambda: torch.backends.cudnn.enabled, _write_cudnn, False)
+class _NoCudnn(_SharedSwitch):
+    """cuDNN off (its RNNs have no double backward)."""
+
+    def _apply(self) -> bool:
+        saved = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+        return saved
+
+    def _restore(self, saved: bool) -> None:
+        torch.backends.cudnn.enabled = saved
+
+
+_math_attention = _MathAttention()
+_no_cudnn = _NoCudnn()
 _math_attention_no_cudnn = _Both(_math_attention, _no_cudnn)
 
 
@@ -788,7 +779,10 @@ def _within(values: Any, lo: float, hi: float) -> bool:
     """Whether every value that is not NaN lies in [lo, hi] (NaN anywhere in the batch is
     left out of the check alike: the other samples' norms do not depend on where it is)."""
     if values.size <= 256:
-        seq = [x for x in values.tolist() if x == x]
+        seq = values.tolist()
+        total = sum(seq)  # NaN exactly when a norm is (norms are >= 0: no inf - inf)
+        if total != total:
+            seq = [x for x in seq if x == x]
         return not seq or (lo <= min(seq) and max(seq) <= hi)
     seen = values[~np.isnan(values)]
     return not seen.size or (bool(lo <= seen.min()) and bool(seen.max() <= hi))
