@@ -75,7 +75,8 @@ def _square(x: Array, xp: Namespace) -> Array:
     """``x * x``, through the namespace's ``square`` where it has one: the same value (one
     rounding either way) and the same gradient, ``2 x`` times the incoming one, but one op in
     the backward graph instead of two products and their sum (Keras's eager TensorFlow and
-    JAX run each op on its own). PyTorch's namespace has none: ``x * x`` is cheaper there."""
+    JAX run each op on its own). PyTorch's namespace sets it to ``None``: ``x * x`` is cheaper
+    there."""
     square = getattr(xp, "square", None)
     return x * x if square is None else square(x)
 
@@ -102,6 +103,21 @@ def one_sided(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Arr
 def squared(norms: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
     r""":math:`n^2` (zero-centred; ``target`` and ``ratio`` are ignored)."""
     return _square(norms, xp)
+
+
+def squared_of_squares(sq_sums: Array, *, target: float, ratio: bool, xp: Namespace) -> Array:
+    r""":func:`squared` from the per-sample sum of squares :math:`s = n^2`: :math:`s` itself.
+
+    With no square root there is no infinite derivative at 0 to guard and no range to keep
+    the root exact in: the derivative in the input gradient, :math:`2g`, is exact everywhere
+    (0 at a zero gradient), and the value is the floating-point sum of squares (as in a
+    hand-written R1), which overflows only where :math:`n^2` itself does. Squares that fall
+    below the smallest normal number round to the subnormal grid, so for
+    :math:`s < 2 \cdot \text{elements} \cdot \text{tiny}` (7e-35 for 3,072 float32 elements)
+    the value can be off by up to ``elements`` times half the smallest subnormal (7e-46 in
+    float32); larger values are exact to round-off.
+    """
+    return sq_sums
 
 
 def power(norms: Array, *, target: float, ratio: bool, xp: Namespace, p: float) -> Array:

@@ -40,6 +40,10 @@ class Shape:
             ``(name, value)`` pairs, e.g. ``(("p", 6.0),)`` for ``"power"``; change them with
             :meth:`with_params`.
         check: optional ``check(where, name, value) -> float`` that validates one parameter.
+        of_squares: optional, the same formula as a function of the per-sample sum of
+            squares :math:`s = n^2` (``of_squares(s, *, target, ratio, xp, **params)``), for a
+            shape that needs no square root; the adapters then skip the norm
+            (:meth:`from_squares`).
     """
 
     name: str
@@ -48,9 +52,15 @@ class Shape:
     math: str
     params: tuple[tuple[str, float], ...] = ()
     check: Callable[[str, str, Any], float] | None = field(default=None, compare=False)
+    of_squares: Callable[..., Any] | None = field(default=None, compare=False)
 
     def __call__(self, norms: Any, *, target: float, ratio: bool, xp: Any) -> Any:
         return self.fn(norms, target=target, ratio=ratio, xp=xp, **dict(self.params))
+
+    def from_squares(self, sq_sums: Any, *, target: float, ratio: bool, xp: Any) -> Any:
+        """The shape's values from the per-sample sums of squares (only where
+        ``of_squares`` is set)."""
+        return self.of_squares(sq_sums, target=target, ratio=ratio, xp=xp, **dict(self.params))
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -85,7 +95,7 @@ SHAPES: dict[str, Shape] = {
     for s in (
         Shape("two_sided", _math.two_sided, True, r"(\|g\| - t)^2"),
         Shape("one_sided", _math.one_sided, True, r"\max(0, \|g\| - t)^2"),
-        Shape("squared", _math.squared, False, r"\|g\|^2"),
+        Shape("squared", _math.squared, False, r"\|g\|^2", of_squares=_math.squared_of_squares),
         Shape("power", _math.power, False, r"\|g\|^p", params=(("p", 6.0),),
               check=_check_power),
     )

@@ -488,10 +488,7 @@ def norms_from_gradients(grads: Any) -> Any:
     Anywhere else (JAX under ``jit``, float64 in a ``tf.function``, a zero, tiny or huge
     gradient, NaN) it is the scaled, NaN-safe norm.
     """
-    acc = []
-    for g in grads:
-        dt = _dtype(g)
-        acc.append(ops.cast(g, "float32") if dt in ("float16", "bfloat16") else g)
+    acc = _accurate(grads)
     on_host = _eager_on_host(acc[0])
     if not on_host and backend() == "tensorflow":
         wide = _tf_wide_norm(grads, acc)
@@ -506,6 +503,19 @@ def norms_from_gradients(grads: Any) -> Any:
             if values.size == 0 or (lo <= values.min() and values.max() <= hi):
                 return ops.sqrt(sq)
     return _math.per_sample_norm(acc, xp)
+
+
+def _accurate(grads: Any) -> list[Any]:
+    """The gradients in ≥ float32 (float16 and bfloat16 cast to float32)."""
+    return [ops.cast(g, "float32") if _dtype(g) in ("float16", "bfloat16") else g for g in grads]
+
+
+def sq_sums_from_gradients(grads: Any) -> Any:
+    """Per-sample sums of squares over every non-batch element of every part, in ≥ float32:
+    the values of a shape with ``of_squares`` (R1, R2, 0-GP, Max-GP; see
+    :func:`gpreg._math.squared_of_squares`). A square and a sum per part, as in a
+    hand-written R1; no root, so no host read, range check or scaling on any backend."""
+    return _math.per_sample_sq_sum(_accurate(grads), xp)
 
 
 def _tf_wide_norm(grads: Any, acc: list[Any]) -> Any:
@@ -829,11 +839,17 @@ def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], ca
             for p in pts:
                 _finite(where, "an evaluation point (from real/fake)", p)
         grads, out = input_gradients(where, fn, pts, create_graph, scaler, call.output)
-        norms = norms_from_gradients(grads)
+        squares = shape.of_squares is not None  # no norm needed (R1, R2, 0-GP, Max-GP)
+        norms = None if squares else norms_from_gradients(grads)
         if check_finite:
             _finite(where, "the critic's output", out)
-            _finite(where, "the input gradient", ops.reshape(norms, (-1, 1)))
-        per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
+            n = norms_from_gradients([ops.stop_gradient(g) for g in grads]) if squares else norms
+            _finite(where, "the input gradient", ops.reshape(n, (-1, 1)))
+        if squares:
+            per_sample.append(shape.from_squares(sq_sums_from_gradients(grads), target=target,
+                                                 ratio=ratio, xp=xp))
+        else:
+            per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
     values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
     if reduction == "max":
         stats = _statistics(where, "the maximum over the batch")

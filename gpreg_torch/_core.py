@@ -809,6 +809,20 @@ def _scaled_norms(grads: Sequence[Tensor]) -> Tensor:
     return n * scale
 
 
+def sq_sums_from_gradients(grads: Sequence[Tensor]) -> Tensor:
+    """Per-sample sums of squares over every non-batch element of every part, in ≥ float32:
+    the values of a shape with ``of_squares`` (R1, R2, 0-GP, Max-GP; see
+    :func:`gpreg._math.squared_of_squares`). One ``square`` and one ``sum`` per part, as in
+    a hand-written R1 (StyleGAN2-ADA's ``square().sum()``); no root, so no range check and
+    no scaling on any device."""
+    total = None
+    for g in grads:
+        sq = (g if g.dtype in _ACCURATE else g.to(torch.float32)).square()
+        s = sq if g.dim() == 1 else sq.sum(dim=tuple(range(1, g.dim())))
+        total = s if total is None else total + s
+    return total
+
+
 def _finish(
     where: str,
     evaluated: Sequence[tuple[tuple[Tensor, ...], Tensor, Tensor | None, tuple[Tensor, ...]]],
@@ -830,14 +844,20 @@ def _finish(
     makes ``reduction="max"`` the maximum over every rank's samples.
     """
     per_sample = []
+    squares = shape.of_squares is not None  # no norm needed (R1, R2, 0-GP, Max-GP)
     for grads, out, _, points in evaluated:
-        norms = norms_from_gradients(grads)
+        norms = None if squares else norms_from_gradients(grads)
         if check_finite:
             for p in points:
                 _finite(where, "an evaluation point (from real/fake)", p)
             _finite(where, "the critic's output", out)
-            _finite(where, "the input gradient", norms.reshape(-1, 1))
-        per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
+            n = norms_from_gradients([g.detach() for g in grads]) if norms is None else norms
+            _finite(where, "the input gradient", n.reshape(-1, 1))
+        if squares:
+            per_sample.append(shape.from_squares(sq_sums_from_gradients(grads), target=target,
+                                                 ratio=ratio, xp=xp))
+        else:
+            per_sample.append(shape(norms, target=target, ratio=ratio, xp=xp))
     values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
     anchors = [anchor for _, _, anchor, _ in evaluated if anchor is not None]
     distributed = any(isinstance(a, torch.Tensor) for a in anchors)
@@ -1208,15 +1228,19 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
             anchor = tuple(p for p in found if p.requires_grad) if found else None
     finally:
         _set_grad_enabled(grad_was)
-    norms = None
-    if plan.dims is not None:  # norms_from_gradients' CPU case, with its range known
-        norms = torch.linalg.vector_norm(g, dim=plan.dims)
-        if not _within(norms.detach().numpy(), *plan.exact):
-            norms = None
-    if norms is None:
-        norms = norms_from_gradients((g,))
     o = plan.options
-    values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
+    if o.shape.of_squares is not None:
+        values = o.shape.from_squares(sq_sums_from_gradients((g,)), target=o.target,
+                                      ratio=plan.ratio, xp=xp) * o.weight
+    else:
+        norms = None
+        if plan.dims is not None:  # norms_from_gradients' CPU case, with its range known
+            norms = torch.linalg.vector_norm(g, dim=plan.dims)
+            if not _within(norms.detach().numpy(), *plan.exact):
+                norms = None
+        if norms is None:
+            norms = norms_from_gradients((g,))
+        values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
     if o.reduction == "mean" and o.global_batch_size is None:
         value = torch.mean(values)  # _math.reduce's first case, inlined
     else:

@@ -77,6 +77,16 @@ def test_per_sample_norm_is_exact_across_the_float_range(dtype, s):
     assert_close(n, np.full(2, np.sqrt(8.0) * s), dtype)
 
 
+def test_the_squared_shape_is_its_sum_of_squares():
+    """n^2 from s = n^2 is s itself, at the same values as from the norm (closed form); the
+    shapes that need a root have no such form."""
+    g = np.array([[3.0, -4.0], [0.0, 0.0], [1e-170, 0.0], [np.nan, 1.0]])
+    s = _math.per_sample_sq_sum([g], np)
+    got = gpreg.SHAPES["squared"].from_squares(s, target=1.0, ratio=False, xp=np)
+    assert got[0] == 25.0 and got[1] == 0.0 and got[2] == 0.0 and np.isnan(got[3])
+    assert [name for name, sh in gpreg.SHAPES.items() if sh.of_squares is not None] == ["squared"]
+
+
 def test_per_sample_norm_keeps_zero_inf_and_nan():
     g = np.array([[0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0], [3.0, -4.0], [-np.inf, np.nan]])
     n = _math.per_sample_norm([g], np)

@@ -99,6 +99,23 @@ def test_compiled_norms_are_exact_across_the_float_range(dtype):
     assert_close(ops.convert_to_numpy(norms), 2 * scales, dtype)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_squared_penalties_are_exact_across_the_float_range_without_a_norm(compiled):
+    """R1 per sample is gamma/2 times the sum of squares of the input gradient, 4 s^2 for
+    entries s (closed form), eager and compiled, from 1e-25 (4e-50: 0 in float32) to 1e18
+    (2e37), and 0 at a zero gradient; the squared shape takes no root."""
+    scales = np.array([1.0, 1e-25, 0.5, 1e18, 0.0, 3.0], dtype="float32")
+    w = ops.convert_to_tensor(np.repeat(scales[:, None], 4, axis=1))
+    x = ops.convert_to_tensor(np.ones((6, 4), dtype="float32"))
+
+    def r1(w, x):
+        return gp.r1(lambda p: ops.sum(p * w, axis=1), x, reduction="none")
+
+    got = ops.convert_to_numpy((_compiled(r1) if compiled else r1)(w, x))
+    assert_close(got, 5.0 * 4.0 * scales.astype(np.float64) ** 2, "float32")
+    assert got[4] == 0.0
+
+
 def test_a_compiled_penalty_at_a_zero_gradient_has_a_zero_parameter_gradient():
     """R1 of D(x) = x·v with v = 0: the value is 0 and so is its gradient in v (not NaN), the
     same in a compiled step as eagerly."""

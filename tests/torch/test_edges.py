@@ -212,6 +212,36 @@ def test_wgan_gp_gradient_is_exact_for_tiny_gradients():
     assert_close(dw.numpy(), np.full((1, 4), 10 * (2 * s - 1)), "float32")
 
 
+@pytest.mark.parametrize("s", [1e-30, 1e-25, 1e18])
+def test_r1_gradient_is_exact_at_every_scale(s):
+    """R1 of D(x) = x . w with entries s: value gamma/2 * 4 s^2 (0 in float32 below 1e-23),
+    d/dw = gamma w = 10 s per entry (closed forms): the sum of squares needs no root."""
+    w = torch.full((1, 4), s, requires_grad=True)
+    value = gp.r1(lambda x: (x * w).sum(dim=1), torch.randn(3, 4))
+    (dw,) = torch.autograd.grad(value, w)
+    assert_close(value.item(), np.float32(5 * 4 * s**2), "float32")  # rounded as float32
+    assert_close(dw.numpy(), np.full((1, 4), 10 * s), "float32")
+
+
+def test_r1_is_stylegan2_adas_formula_bit_for_bit():
+    """StyleGAN2-ADA's R1: ``r1_grads.square().sum([1, 2, 3]) * (r1_gamma / 2)``, then the
+    mean: gpreg computes the same operations in the same order, so value and every
+    parameter gradient are equal, not only close."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 36, 1))
+    real = torch.randn(5, 3, 8, 8)
+    x = real.detach().requires_grad_(True)
+    logits = D(x)
+    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    ref = (g.square().sum([1, 2, 3]) * (2.0 / 2)).mean()
+    ref_grads = torch.autograd.grad(ref, [D[0].weight, D[0].bias, D[3].weight])
+    for _ in range(2):  # the general path, then the planned one
+        mine = gp.r1(D, real, gamma=2.0)
+        grads = torch.autograd.grad(mine, [D[0].weight, D[0].bias, D[3].weight])
+        assert torch.equal(mine, ref)
+        assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
 def test_norms_of_multi_part_critics_span_the_float_range():
     """Part 0 has entries 2e19 (their squares sum past float32's 3.4e38), part 1 entries 1:
     the norm is sqrt(8e38 + 3)."""
