@@ -285,31 +285,28 @@ class _Snapshot:
     while it does.
     """
 
-    __slots__ = ("children", "classes", "modules", "n_children", "n_params", "params")
+    __slots__ = ("children", "classes", "modules", "n_params", "params")
 
     def __init__(self, critic: Any, modules: list[Any]) -> None:
         self.modules = tuple(modules[1:])  # below the critic (named_modules starts with it)
         every = (critic, *self.modules)
         self.classes = tuple(map(type, every))
-        children = tuple(map(_children_of, every))
+        # copies of the children dictionaries: a dictionary compares its values by identity
+        # first (modules have no __eq__ of their own), so == is the check, in one C pass
+        self.children = [dict(d) for d in map(_children_of, every)]
         own = tuple(map(_parameters_of, every))
-        self.n_children = tuple(map(len, children))
-        self.children = tuple(itertools.chain.from_iterable(map(dict.values, children)))
         self.n_params = tuple(map(len, own))
         self.params = tuple(map(id, itertools.chain.from_iterable(map(dict.values, own))))
 
     def unchanged(self, critic: Any) -> bool:
         every = (critic, *self.modules)
-        chain = itertools.chain.from_iterable
         try:
-            if tuple(map(type, every)) != self.classes:
+            if tuple(map(type, every)) != self.classes or list(
+                    map(_children_of, every)) != self.children:
                 return False
-            children = tuple(map(_children_of, every))
             own = tuple(map(_parameters_of, every))
-            return (tuple(map(len, children)) == self.n_children
-                    and tuple(chain(map(dict.values, children))) == self.children
-                    and tuple(map(len, own)) == self.n_params
-                    and tuple(map(id, chain(map(dict.values, own)))) == self.params)
+            return (tuple(map(len, own)) == self.n_params and tuple(map(
+                id, itertools.chain.from_iterable(map(dict.values, own)))) == self.params)
         except (AttributeError, TypeError):  # a dictionary replaced by something else
             return False
 
@@ -554,7 +551,9 @@ def input_gradients(
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor | None]:
     """∂(Σ critic outputs)/∂points, one tensor per part, with the graph kept when asked;
     also returns the critic's scores at the points and, for a critic passed as a module, the
-    anchor of the zero term (:func:`_zero_term`; ``None`` otherwise and without a graph).
+    anchor of its zero gradients (the critic's output sum under DDP and FSDP for
+    :func:`_zero_term`, else the parameters for :func:`_with_zeros`; ``None`` otherwise and
+    without a graph).
 
     The critic is called as ``critic(*points, *call.args, **call.kwargs)`` and ``call.output``
     picks the scores out of a structured output. Only the points are differentiated
@@ -861,43 +860,55 @@ def _finish(
     values = (per_sample[0] if len(per_sample) == 1 else _math.real_fake_mean(*per_sample)) * weight
     anchors = [anchor for _, _, anchor, _ in evaluated if anchor is not None]
     distributed = any(isinstance(a, torch.Tensor) for a in anchors)
+    for anchor in anchors:
+        if not isinstance(anchor, torch.Tensor):
+            values = _with_zeros(values, anchor)
     if distributed and reduction == "max" and _dist.active():
         value = _dist.global_max(values)  # the maximum over every rank's samples
     else:
         value = _math.reduce(values, reduction, xp, count=global_batch_size)
     for anchor in anchors:
-        value = value + _zero_term(anchor, value)
+        if isinstance(anchor, torch.Tensor):
+            value = value + _zero_term(anchor, value)
     return value
 
 
-def _zero_term(anchor: Any, like: Tensor) -> Tensor:
-    """An exact 0 that hands parameters the penalty does not reach a zero gradient.
+def _with_zeros(values: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """``values`` (shape (B,)) with an empty slice of every parameter in ``params`` appended:
+    the same numbers (a copy, so every reduction of them is unchanged), and for each
+    parameter a zero gradient, the backward of its empty slice.
+
+    The parameters the penalty does not reach (:func:`_unreached`, the last layer's bias)
+    get an exact zero gradient this way, as the reference trainers give them (StyleGAN2-ADA's
+    ``real_logits * 0``), so that Adam still steps them and ``torch.autograd.grad`` of the
+    penalty finds them used. The slice is empty, so its value, Inf or NaN, never enters.
+    Appended before the reduction, the zeros cost one concatenation: the autograd engine's
+    work per node is what a zero gradient costs here (each node of the backward costs about
+    as much as a small kernel on the CPU), and a sum of the slice added to the reduced value
+    took two nodes more.
+    """
+    parts = [values]
+    for p in params:
+        empty = p[:0] if p.dim() == 1 else p.reshape(-1)[:0]
+        if empty.dtype != values.dtype or empty.device != values.device:
+            empty = empty.to(device=values.device, dtype=values.dtype)
+        parts.append(empty)
+    return torch.cat(parts)
+
+
+def _zero_term(anchor: Tensor, like: Tensor) -> Tensor:
+    """An exact 0 that hands every parameter of the critic's forward a zero gradient.
 
     A parameter that the input gradient does not depend on (the last layer's bias) gets no
-    gradient from the penalty alone. The reference trainers (StyleGAN2-ADA's
-    ``real_logits * 0``) give it an exact zero, so that Adam still steps it, and DDP waits for
-    a gradient of every parameter used in the forward (pytorch#47562). ``anchor`` is either
-    the sum of the critic's outputs (DDP, FSDP: the parameters of this forward, through a
-    first-order backward of it) or the parameters the penalty does not reach (any other
-    module: :func:`_unreached`; a zero for each directly, which costs no backward through the
-    forward).
-
-    A parameter's zero is the sum of an empty slice of it: exactly 0 whatever its values
-    (Inf and NaN included), and its backward (the slice's) is a zero tensor of the
-    parameter's shape. Three small native ops per parameter; a Python ``autograd.Function``
-    that returned the zeros cost more than twice as much per call.
+    gradient from the penalty alone, and DDP waits for a gradient of every parameter used in
+    the forward (pytorch#47562). Under DDP and FSDP, ``anchor`` is the sum of the critic's
+    outputs: times 0, it reaches the parameters of this forward through a first-order
+    backward of it (StyleGAN2-ADA's ``real_logits * 0``). Any other module gets its zeros
+    directly, without that backward (:func:`_with_zeros`).
     """
-    if isinstance(anchor, torch.Tensor):
-        # cast first: the backward's seed (a GradScaler's 2**16 included) then meets the 0
-        # before a float16 cast; nan_to_num keeps an exact 0 when a score is Inf (0*inf = NaN)
-        return torch.nan_to_num(anchor.to(like.dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
-    total = None
-    for p in anchor:
-        zero = (p[:0] if p.dim() else p.reshape(1)[:0]).sum()
-        if zero.dtype != like.dtype or zero.device != like.device:
-            zero = zero.to(device=like.device, dtype=like.dtype)
-        total = zero if total is None else total + zero
-    return total
+    # cast first: the backward's seed (a GradScaler's 2**16 included) then meets the 0
+    # before a float16 cast; nan_to_num keeps an exact 0 when a score is Inf (0*inf = NaN)
+    return torch.nan_to_num(anchor.to(like.dtype), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
 
 
 def evaluation_points(
@@ -1241,13 +1252,11 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
         if norms is None:
             norms = norms_from_gradients((g,))
         values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
-    if o.reduction == "mean" and o.global_batch_size is None:
-        value = torch.mean(values)  # _math.reduce's first case, inlined
-    else:
-        value = _math.reduce(values, o.reduction, xp, count=o.global_batch_size)
     if anchor:
-        value = value + _zero_term(anchor, value)
-    return value
+        values = _with_zeros(values, anchor)
+    if o.reduction == "mean" and o.global_batch_size is None:
+        return torch.mean(values)  # _math.reduce's first case, inlined
+    return _math.reduce(values, o.reduction, xp, count=o.global_batch_size)
 
 
 def generic(
@@ -1290,7 +1299,8 @@ def grad_norm(
     grads, _, anchor = input_gradients(where, critic, pts, create_graph, None, call)
     norms = norms_from_gradients(grads)
     if anchor is not None:  # zero per sample: every parameter gets a gradient
-        norms = norms + _zero_term(anchor, norms)
+        norms = norms + _zero_term(anchor, norms) if isinstance(anchor, torch.Tensor) else (
+            _with_zeros(norms, anchor))
     return norms
 
 

@@ -19,6 +19,9 @@ ones_like = torch.ones_like
 mean = torch.mean
 max = torch.amax
 abs = torch.abs
+# no ``square``: ``gpreg._math._square`` then takes ``x * x``, which is cheaper in PyTorch (set
+# to None rather than left out, so that looking it up raises no AttributeError per call)
+square = None
 
 
 def stop_gradient(x: Any) -> Any:
