@@ -286,6 +286,23 @@ def test_the_gallery_is_readable_at_the_docs_width():
     assert smallest_pt / 72 * _gallery.DPI * 700 / width_px >= 9
 
 
+@pytest.mark.parametrize("n", [1, 4, 5, 8, 9])
+def test_every_run_gets_its_three_panels_and_empty_slots_none(n):
+    """Runs fill bands of four columns, three panels each (samples, landscape, histogram);
+    the slots after the last run are hidden. With nine runs (the default demo since WGAN-div)
+    the last run lost its landscape and histogram to the wrong slots, and two empty frames
+    showed beside it."""
+    rng = np.random.default_rng(0)
+    runs = [fake_run(p, rng.uniform(0.1, 2.0, 100), i) for i, p in enumerate(CHOICES[:n])]
+    fig = _gallery._figure(runs, _data.dataset("ring"), "test")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 3 * n
+    assert sum(ax.get_xscale() == "log" for ax in shown) == n  # one histogram per run
+    assert sum(bool(ax.images) for ax in shown) == n  # one landscape per run
+    titles = [ax.get_title() for ax in shown]
+    assert all(any(t.startswith(f"{p} · ") for t in titles) for p in CHOICES[:n])
+
+
 def test_quality_metrics():
     ring = _data.dataset("ring")
     grid = _data.dataset("grid")

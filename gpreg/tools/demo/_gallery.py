@@ -85,8 +85,10 @@ def _figure(runs: list[Run], data: Dataset, title: str) -> Any:
     ext = data.extent
     lim = (-ext, ext)
     bins = norm_bins(runs)
-    for ax in axes.flat[len(runs) * 3:]:
-        ax.set_visible(False)
+    for j in range(len(runs), bands * cols):  # the slots after the last run, in its band
+        band, col = divmod(j, cols)
+        for k in range(3):
+            axes[3 * band + k, col].set_visible(False)
     for j, run in enumerate(runs):
         band, col = divmod(j, cols)
         top, mid, low = (axes[3 * band + k, col] for k in range(3))
