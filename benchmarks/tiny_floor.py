@@ -7,7 +7,8 @@ WGAN-GP and its gradient for every parameter, paired and interleaved:
 - ``floor``: gpreg's own operations in gpreg's order and nothing else: the points, the critic,
   the input gradient, one ``vector_norm`` with the host read of its exact-range check, the
   penalty, and the exact zero gradient of the parameter the penalty does not reach (the last
-  bias) — no argument checks, no critic inspection, no kernel switches;
+  bias, joined by ``where`` as gpreg joins it) — no argument checks, no critic inspection,
+  no kernel switches;
 - ``gpreg``: ``gpreg_torch.wgan_gp``.
 
 ``floor / hand`` is what gpreg's exact norm and zero gradients cost on this critic;
@@ -38,6 +39,7 @@ def units() -> dict[str, Any]:
     mine, hand = tiny.torch_pairs(gp, critic, real, fake, alpha, grads_of)["wgan_gp"]
     info = torch.finfo(torch.float32)
     lo, hi = math.sqrt(2.0 * tiny.FEATURES * info.tiny), math.sqrt(info.max) / 16.0
+    true = torch.ones((), dtype=torch.bool)
 
     def floor() -> Any:
         a = alpha.reshape(-1, 1)
@@ -50,7 +52,9 @@ def units() -> dict[str, Any]:
         if not (lo <= min(values) and max(values) <= hi):  # gpreg would scale: not here
             raise AssertionError("the tiny critic's norms left the plain range")
         d = norms - 1.0
-        return grads_of(torch.mean(d * d * 10.0) + params[-1][:0].sum())
+        # the last bias (which the penalty does not reach) joins as gpreg joins it: its zero
+        # gradient through where(True, values, bias)
+        return grads_of(torch.mean(torch.where(true, d * d * 10.0, params[-1])))
 
     return {"hand": hand, "floor": floor, "gpreg": mine}
 

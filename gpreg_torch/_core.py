@@ -873,27 +873,35 @@ def _finish(
     return value
 
 
-def _with_zeros(values: Tensor, params: Sequence[Tensor]) -> Tensor:
-    """``values`` (shape (B,)) with an empty slice of every parameter in ``params`` appended:
-    the same numbers (a copy, so every reduction of them is unchanged), and for each
-    parameter a zero gradient, the backward of its empty slice.
+def _with_zeros(values: Tensor, params: Sequence[Tensor], true: Tensor | None = None) -> Tensor:
+    """``values`` (shape (B,)), the same numbers, joined by every parameter in ``params`` so
+    that each gets an exact zero gradient.
 
     The parameters the penalty does not reach (:func:`_unreached`, the last layer's bias)
-    get an exact zero gradient this way, as the reference trainers give them (StyleGAN2-ADA's
+    get zero gradients this way, as the reference trainers give them (StyleGAN2-ADA's
     ``real_logits * 0``), so that Adam still steps them and ``torch.autograd.grad`` of the
-    penalty finds them used. The slice is empty, so its value, Inf or NaN, never enters.
-    Appended before the reduction, the zeros cost one concatenation: the autograd engine's
-    work per node is what a zero gradient costs here (each node of the backward costs about
-    as much as a small kernel on the CPU), and a sum of the slice added to the reduced value
-    took two nodes more.
+    penalty finds them used. A parameter of one element in the values' dtype and device
+    joins through ``where(True, values, p)``: the values themselves, whatever ``p`` holds
+    (Inf and NaN included), and a zero gradient for ``p``, in one autograd node. Any other
+    parameter is an empty slice concatenated after the values (two nodes, three with a
+    cast). Joined before the reduction, so every reduction of the values is unchanged; in
+    the autograd engine each node costs about as much as a small kernel on the CPU, and a
+    sum of each slice added to the reduced value took two nodes more per parameter.
+    ``true`` is a 0-d ``True`` on the values' device, where the caller keeps one.
     """
-    parts = [values]
+    empties = []
     for p in params:
+        if p.dtype == values.dtype and p.device == values.device and (
+                p.dim() == 0 or p.shape == (1,)):
+            if true is None:
+                true = torch.ones((), dtype=torch.bool, device=values.device)
+            values = torch.where(true, values, p)
+            continue
         empty = p[:0] if p.dim() == 1 else p.reshape(-1)[:0]
         if empty.dtype != values.dtype or empty.device != values.device:
             empty = empty.to(device=values.device, dtype=values.dtype)
-        parts.append(empty)
-    return torch.cat(parts)
+        empties.append(empty)
+    return torch.cat([values, *empties]) if empties else values
 
 
 def _zero_term(anchor: Tensor, like: Tensor) -> Tensor:
@@ -1069,6 +1077,7 @@ class _Plan(NamedTuple):
     dims: tuple[int, ...] | None  # the norm's dimensions where one plain vector_norm is exact
     exact: tuple[float, float]  # and the range in which it is (_exact_range)
     token: object  # keys the plan's entries in _Layers.unreached (hashed by identity)
+    true: Tensor  # a 0-d True on the device, for _with_zeros
 
 
 _plans: dict[Any, _Plan] = {}
@@ -1139,7 +1148,8 @@ def _remember_plan(key: Any, where: str, o: _options.Options, leaf: Tensor, data
             exact = _exact_range(leaf.dtype, math.prod(leaf.shape[1:]))
         plan = _Plan(where, o, ratio, spec.points, int(data.shape[0]), data.dtype, data.device,
                      (-1,) + (1,) * (data.dim() - 1), ((leaf.shape, leaf.dtype, leaf.device),),
-                     alpha_kind, dims, exact or (0.0, 0.0), object())
+                     alpha_kind, dims, exact or (0.0, 0.0), object(),
+                     torch.ones((), dtype=torch.bool, device=data.device))
         if len(_plans) >= 256:
             _plans.clear()
         _plans[key] = plan
@@ -1253,7 +1263,7 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
             norms = norms_from_gradients((g,))
         values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
     if anchor:
-        values = _with_zeros(values, anchor)
+        values = _with_zeros(values, anchor, plan.true)
     if o.reduction == "mean" and o.global_batch_size is None:
         return torch.mean(values)  # _math.reduce's first case, inlined
     return _math.reduce(values, o.reduction, xp, count=o.global_batch_size)

@@ -137,18 +137,19 @@ def test_untouched_last_bias_gets_an_exact_zero_gradient():
 
 
 class _Offsets(nn.Module):
-    """A linear score plus offsets of every rank (0-D, 1-D, 2-D) that the input gradient does
-    not depend on; the 2-D one holds Inf and NaN."""
+    """A linear score plus offsets that the input gradient does not depend on: of rank 0, 1
+    (float32, in a float64 critic) and 2, holding NaN and Inf."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(3, 1, bias=False).double()
-        self.b0 = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+        self.b0 = nn.Parameter(torch.tensor(float("nan"), dtype=torch.float64))
+        self.b1 = nn.Parameter(torch.tensor([float("inf")]))
         self.b2 = nn.Parameter(torch.tensor([[float("inf"), 1.0], [float("nan"), 2.0]],
                                             dtype=torch.float64))
 
     def forward(self, x):
-        return self.lin(x)[:, 0] + self.b0 + self.b2.sum()
+        return self.lin(x)[:, 0] + self.b0 + self.b1.double() + self.b2.sum()
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "max", "none"])
@@ -166,14 +167,16 @@ def test_unreached_parameters_of_every_rank_get_exact_zero_gradients(reduction):
         expected = [per_sample] * 4 if reduction == "none" else (
             4 * per_sample if reduction == "sum" else per_sample)
         assert_close(value.detach().numpy(), expected, "float64")
-        grads = torch.autograd.grad(value.sum(), [critic.lin.weight, critic.b0, critic.b2])
+        grads = torch.autograd.grad(value.sum(), [critic.lin.weight, critic.b0, critic.b1,
+                                                  critic.b2])
         assert_close(grads[0].numpy(), 10.0 * w.numpy() * (4 if reduction in ("sum", "none")
                                                              else 1), "float64")
-        assert [g.shape for g in grads[1:]] == [(), (2, 2)]
+        assert [g.shape for g in grads[1:]] == [(), (1,), (2, 2)]
         assert all(torch.count_nonzero(g) == 0 for g in grads[1:])
     critic.zero_grad(set_to_none=True)
     gp.r1(critic, x, reduction=reduction).sum().backward()
-    assert critic.b0.grad == 0 and torch.count_nonzero(critic.b2.grad) == 0
+    assert critic.b0.grad == 0 and critic.b1.grad == 0
+    assert torch.count_nonzero(critic.b2.grad) == 0
 
 
 def test_create_graph_false_is_evaluation_only():
