@@ -811,15 +811,12 @@ def _scaled_norms(grads: Sequence[Tensor]) -> Tensor:
 def sq_sums_from_gradients(grads: Sequence[Tensor]) -> Tensor:
     """Per-sample sums of squares over every non-batch element of every part, in ≥ float32:
     the values of a shape with ``of_squares`` (R1, R2, 0-GP, Max-GP; see
-    :func:`gpreg._math.squared_of_squares`). One ``square`` and one ``sum`` per part, as in
-    a hand-written R1 (StyleGAN2-ADA's ``square().sum()``); no root, so no range check and
-    no scaling on any device."""
-    total = None
-    for g in grads:
-        sq = (g if g.dtype in _ACCURATE else g.to(torch.float32)).square()
-        s = sq if g.dim() == 1 else sq.sum(dim=tuple(range(1, g.dim())))
-        total = s if total is None else total + s
-    return total
+    :func:`gpreg._math.squared_of_squares`): the core's :func:`gpreg._math.per_sample_sq_sum`
+    of the gradients cast to ≥ float32, a product and a sum per part, with the values of a
+    hand-written R1 (StyleGAN2-ADA's ``square().sum()``); no root, so no range check and no
+    scaling on any device."""
+    return _math.per_sample_sq_sum(
+        [g if g.dtype in _ACCURATE else g.to(torch.float32) for g in grads], xp)
 
 
 def _finish(
