@@ -101,9 +101,17 @@ def _units_torch() -> dict[str, Any]:
 
 
 def torch_pairs(gp: Any, critic: Any, real: Any, fake: Any, alpha: Any,
-                 grads_of: Callable[[Any], Any]) -> dict[str, Any]:
-    """(gpreg, hand-written) units of WGAN-GP and R1 in PyTorch autograd, for a torch module
-    or a Keras model on the torch backend (``gp`` is gpreg_torch or gpreg_keras)."""
+                 grads_of: Callable[[Any], Any], zero: bool = True) -> dict[str, Any]:
+    """(gpreg, hand-written, hand-written with zero gradients) units of WGAN-GP and R1 in
+    PyTorch autograd, for a torch module or a Keras model on the torch backend (``gp`` is
+    gpreg_torch or gpreg_keras).
+
+    gpreg hands every parameter its penalty does not reach (here the last bias) an exact zero
+    gradient, as the reference trainers do, so that Adam steps it after a penalty-only
+    backward and DDP sees every parameter used. The plain hand-written unit leaves that
+    gradient ``None``; the third unit adds the public fix, ``out.sum() * 0`` (StyleGAN2-ADA's
+    ``real_logits * 0``), so that it does the same work. Keras on torch leaves that gradient
+    ``None`` as Keras on TensorFlow does (``zero=False``: no third unit)."""
     import torch
 
     def hand_gp() -> Any:
@@ -119,8 +127,23 @@ def torch_pairs(gp: Any, critic: Any, real: Any, fake: Any, alpha: Any,
         (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
         return grads_of(g.square().sum(dim=1).mean() * 5)
 
-    return {"wgan_gp": (lambda: grads_of(gp.wgan_gp(critic, real, fake, alpha=alpha)), hand_gp),
-            "r1": (lambda: grads_of(gp.r1(critic, real)), hand_r1)}
+    def hand_gp_zero() -> Any:
+        a = alpha.view(-1, 1)
+        x = (a * real + (1 - a) * fake).requires_grad_(True)
+        out = critic(x)
+        (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
+        return grads_of(((g.norm(2, dim=1) - 1) ** 2).mean() * 10 + out.sum() * 0)
+
+    def hand_r1_zero() -> Any:
+        x = real.detach().requires_grad_(True)
+        out = critic(x)
+        (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return grads_of(g.square().sum(dim=1).mean() * 5 + out.sum() * 0)
+
+    units = {"wgan_gp": (lambda: grads_of(gp.wgan_gp(critic, real, fake, alpha=alpha)), hand_gp,
+                         hand_gp_zero),
+             "r1": (lambda: grads_of(gp.r1(critic, real)), hand_r1, hand_r1_zero)}
+    return units if zero else {k: u[:2] for k, u in units.items()}
 
 
 def _keras_model() -> Any:
@@ -229,7 +252,7 @@ def _units_keras_torch() -> dict[str, Any]:
     def grads_of(loss: Any) -> tuple[Any, list[Any]]:
         return loss.detach(), list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    return {"eager": torch_pairs(gp, model, real, fake, alpha, grads_of)}
+    return {"eager": torch_pairs(gp, model, real, fake, alpha, grads_of, zero=False)}
 
 
 # ----------------------------------------------------------------------------- one path
@@ -246,15 +269,23 @@ def run_path(path: str, rounds: int, warmup: int, min_sample_s: float) -> list[d
              "keras-jax": _units_jax, "keras-torch": _units_keras_torch}[path]()
     rows = []
     for mode, pairs in units.items():
-        for penalty, (mine, hand) in pairs.items():
+        for penalty, (mine, hand, *zero) in pairs.items():
             (v1, g1), (v2, g2) = mine(), hand()
             err = _rel_err([v1, *g1], [v2, *g2])
             if not err <= CHECK_RTOL:
                 raise AssertionError(f"{path} {mode} {penalty}: gpreg and the hand-written "
                                      f"penalty disagree (relative error {err:.2e})")
-            g = time_group([Variant("gpreg", mine), Variant("hand", hand),
-                            Variant("control", hand)],
-                           rounds=rounds, warmup=warmup, min_sample_s=min_sample_s)
+            variants = [Variant("gpreg", mine), Variant("hand", hand), Variant("control", hand)]
+            if zero:
+                v3, g3 = zero[0]()
+                err3 = _rel_err([v3, *g3], [v2, *g2])
+                if not err3 <= CHECK_RTOL or any(x is None for x in g3) or any(
+                        (x is None) != (y is None) for x, y in zip(g1, g3)):
+                    raise AssertionError(f"{path} {mode} {penalty}: the hand-written penalty "
+                                         "with zero gradients disagrees with gpreg (relative "
+                                         f"error {err3:.2e}, or a gradient left None)")
+                variants.append(Variant("hand_zero", zero[0]))
+            g = time_group(variants, rounds=rounds, warmup=warmup, min_sample_s=min_sample_s)
             rows.append({
                 "path": path, "mode": mode, "penalty": penalty, "check_rel_err": err,
                 "gpreg_us": g.median_s("gpreg") * 1e6, "hand_us": g.median_s("hand") * 1e6,
@@ -263,6 +294,9 @@ def run_path(path: str, rounds: int, warmup: int, min_sample_s: float) -> list[d
                 "rounds": rounds, "inner": g.inner, "threads": threads,
                 "background_cores": g.extra.get("background_cores"),
             })
+            if zero:
+                rows[-1].update(hand_zero_us=g.median_s("hand_zero") * 1e6,
+                                ratio_zero=g.ratio_stats("gpreg", "hand_zero"))
     return rows
 
 
@@ -286,14 +320,16 @@ def _child(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     out = ["| path | mode | penalty | gpreg µs | hand-written µs | gpreg − hand µs | "
-           "gpreg ÷ hand (median [min–max]) | control ÷ hand |",
-           "|---|---|---|---:|---:|---:|---|---|"]
+           "gpreg ÷ hand (median [min–max]) | control ÷ hand | "
+           "gpreg ÷ hand with zero gradients |",
+           "|---|---|---|---:|---:|---:|---|---|---|"]
     for r in rows:
-        q, c = r["ratio"], r["control"]
+        q, c, z = r["ratio"], r["control"], r.get("ratio_zero")
+        zs = f"{z['median']:.2f} [{z['min']:.2f}–{z['max']:.2f}]" if z else "–"
         out.append(f"| {r['path']} | {r['mode']} | {r['penalty']} | {r['gpreg_us']:.0f} | "
                    f"{r['hand_us']:.0f} | {r['gpreg_us'] - r['hand_us']:+.0f} | "
                    f"{q['median']:.2f} [{q['min']:.2f}–{q['max']:.2f}] | "
-                   f"{c['median']:.2f} |")
+                   f"{c['median']:.2f} | {zs} |")
     return "\n".join(out)
 
 

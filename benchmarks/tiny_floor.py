@@ -5,10 +5,10 @@ WGAN-GP and its gradient for every parameter, paired and interleaved:
 
 - ``hand``: the penalty as written by hand (the published formula, as in ``benchmarks.tiny``);
 - ``floor``: gpreg's own operations in gpreg's order and nothing else: the points, the critic,
-  the input gradient, one ``vector_norm`` with the host read of its exact-range check, the
-  penalty, and the exact zero gradient of the parameter the penalty does not reach (the last
-  bias, joined by ``where`` as gpreg joins it) — no argument checks, no critic inspection,
-  no kernel switches;
+  the input gradient (by the autograd engine's call, as gpreg makes it), one ``vector_norm``
+  with the host read of its exact-range check, the penalty, and the exact zero gradient of
+  the parameter the penalty does not reach (the last bias, joined by ``where`` as gpreg
+  joins it) — no argument checks, no critic inspection, no kernel switches;
 - ``gpreg``: ``gpreg_torch.wgan_gp``.
 
 ``floor / hand`` is what gpreg's exact norm and zero gradients cost on this critic;
@@ -36,17 +36,20 @@ def units() -> dict[str, Any]:
     import gpreg_torch as gp
 
     critic, params, real, fake, alpha, grads_of = tiny.torch_setup()
-    mine, hand = tiny.torch_pairs(gp, critic, real, fake, alpha, grads_of)["wgan_gp"]
+    mine, hand, _ = tiny.torch_pairs(gp, critic, real, fake, alpha, grads_of)["wgan_gp"]
     info = torch.finfo(torch.float32)
     lo, hi = math.sqrt(2.0 * tiny.FEATURES * info.tiny), math.sqrt(info.max) / 16.0
     true = torch.ones((), dtype=torch.bool)
+    engine = torch.autograd.graph._engine_run_backward
 
     def floor() -> Any:
         a = alpha.reshape(-1, 1)
         x = (a * real + (1.0 - a) * fake).requires_grad_(True)
         out = critic(x)
-        (g,) = torch.autograd.grad(out, (x,), grad_outputs=torch.ones_like(out),
-                                   create_graph=True, allow_unused=True)
+        # the autograd engine's call, as gpreg makes it (torch.autograd.grad's own checks hold
+        # by construction here)
+        (g,) = engine((out,), (torch.ones_like(out),), True, True, (x,), True,
+                      accumulate_grad=False)
         norms = torch.linalg.vector_norm(g, dim=(1,))
         values = norms.detach().numpy().tolist()
         if not (lo <= min(values) and max(values) <= hi):  # gpreg would scale: not here

@@ -39,6 +39,10 @@ def test_tiny_quick(tmp_path: Path) -> None:
         for key in ("gpreg_us", "hand_us"):
             assert math.isfinite(r[key]) and r[key] > 0, r
         assert r["threads"]["requested"] == 1
+        if r["path"] == "torch":  # also timed against the hand-written
+            # penalty that gives every parameter a zero gradient as gpreg does
+            assert math.isfinite(r["hand_zero_us"]) and r["hand_zero_us"] > 0, r
+            assert r["ratio_zero"]["median"] > 0, r
         assert f"| {r['path']} | {r['mode']} | {r['penalty']} |" in proc.stdout
 
 

@@ -278,3 +278,69 @@ def test_the_batchnorm_warning_points_at_the_callers_line(planned_calls):
             gp.r1(critic, x, **extra)
         assert record[0].filename == __file__
     assert planned_calls[-1] is True
+
+
+# --- the input gradient calls the autograd engine directly where nothing can differ ---------
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "r1"])
+@pytest.mark.parametrize("planned", [True, False])
+def test_the_direct_engine_call_equals_torch_autograd_grad_bitwise(monkeypatch, name, planned):
+    """The input gradient's direct engine call (``_core._vjp``) gives what
+    ``torch.autograd.grad`` gives, bit for bit, in value and every parameter gradient, on
+    the planned and on the general path."""
+    from gpreg_torch import _core
+
+    def run():
+        critic = _small_critic(torch.float32)
+        torch.manual_seed(1)
+        real, fake = torch.randn(6, 5), torch.randn(6, 5)
+        extra = {} if planned else {"kwargs": {}}
+        if name == "wgan_gp":
+            extra["alpha"] = torch.linspace(0.1, 0.9, 6)
+        data = (real, fake) if name == "wgan_gp" else (real,)
+        out = [_value_and_grads(critic, lambda: getattr(gp, name)(critic, *data, **extra))
+               for _ in range(3)]  # the second and third calls run the plan
+        return out[-1]
+
+    calls = []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*a, **k):
+        calls.append(1)
+        return real_grad(*a, **k)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    direct = run()
+    assert calls == []  # the engine was called directly
+    monkeypatch.setattr(_core, "_run_backward", None)  # as on a PyTorch without it
+    through_grad = run()
+    assert len(calls) == 3
+    assert torch.equal(direct[0], through_grad[0])
+    for a, b in zip(direct[1], through_grad[1]):
+        assert a is not None and b is not None and torch.equal(a, b)
+
+
+def test_a_torch_function_mode_sees_the_input_gradient_as_torch_autograd_grad():
+    """Under a ``TorchFunctionMode`` (and so for tensor subclasses) the input gradient goes
+    through ``torch.autograd.grad``, which hands it to the mode: nothing bypasses it."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Recording(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    critic = _small_critic()
+    torch.manual_seed(1)
+    x = torch.randn(4, 5, dtype=F64)
+    expected = _value_and_grads(critic, lambda: gp.r1(critic, x))
+    for _ in range(2):  # the general path, then the plan
+        with Recording():
+            got = _value_and_grads(critic, lambda: gp.r1(critic, x))
+    assert torch.autograd.grad in seen
+    assert torch.equal(got[0], expected[0])
+    for a, b in zip(got[1], expected[1]):
+        assert torch.equal(a, b)
