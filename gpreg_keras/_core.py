@@ -40,7 +40,7 @@ def _shape_or_none(x: Any) -> tuple[Any, ...] | None:
 
 
 def _stop(x: Any) -> Any:
-    return ops.stop_gradient(x) if ops.is_tensor(x) else x
+    return xp.stop_gradient(x) if ops.is_tensor(x) else x
 
 
 def _n_parts(x: Any) -> int:
@@ -165,7 +165,7 @@ def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
     sigs = tuple(map(_signature, items))
     key = (where, role, sigs) if None not in sigs else None
     if key is not None and key in _checked_parts:
-        return tuple(map(ops.stop_gradient, items))
+        return tuple(map(xp.stop_gradient, items))
     out = []
     for p in items:
         _check_dense(where, role, p)
@@ -180,7 +180,7 @@ def parts(where: str, role: str, x: Any) -> tuple[Any, ...]:
                                          belongs if belongs != backend() else None)
         dt = _dtype(p)
         v.check_floating(where, role, dt, keras.backend.is_float_dtype(dt))
-        out.append(ops.stop_gradient(p))
+        out.append(xp.stop_gradient(p))
     shapes = [_static(p.shape) for p in out]
     if all(s and s[0] is not None for s in shapes) or any(len(s) == 0 for s in shapes):
         v.check_parts(where, role, shapes)
@@ -339,7 +339,7 @@ def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
     if sig is not None:  # a concrete alpha of shape (batch,) in like's dtype: only stopped
         own = _signature(like)
         if own is not None and sig[1] == own[1] and tuple(sig[0]) == tuple(own[0][:1]):
-            return ops.stop_gradient(alpha)
+            return xp.stop_gradient(alpha)
     batch = _batch(like)
     dt = _dtype(like)
     if alpha is None:
@@ -354,7 +354,7 @@ def alpha_values(where: str, alpha: Any, like: Any, seed: Any) -> Any:
     shape = _static(alpha.shape)
     if isinstance(batch, int) and None not in shape:
         v.check_alpha_shape(where, shape, batch)
-    return ops.reshape(ops.stop_gradient(ops.cast(alpha, dt)), (batch,))
+    return ops.reshape(xp.stop_gradient(ops.cast(alpha, dt)), (batch,))
 
 
 def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any,
@@ -367,7 +367,7 @@ def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any,
         )
     items = tuple(noise) if isinstance(noise, (tuple, list)) else (noise,)
     v.check_noise_shapes(where, [_static(n.shape) for n in items], [_static(r.shape) for r in real])
-    return tuple(ops.stop_gradient(ops.cast(n, _dtype(r))) for n, r in zip(items, real))
+    return tuple(xp.stop_gradient(ops.cast(n, _dtype(r))) for n, r in zip(items, real))
 
 
 _warned: set[int] = set()
@@ -843,7 +843,7 @@ def _penalty(where: str, fn: Callable[..., Any], sets: list[tuple[Any, ...]], ca
         norms = None if squares else norms_from_gradients(grads)
         if check_finite:
             _finite(where, "the critic's output", out)
-            n = norms_from_gradients([ops.stop_gradient(g) for g in grads]) if squares else norms
+            n = norms_from_gradients([xp.stop_gradient(g) for g in grads]) if squares else norms
             _finite(where, "the input gradient", ops.reshape(n, (-1, 1)))
         if squares:
             per_sample.append(shape.from_squares(sq_sums_from_gradients(grads), target=target,

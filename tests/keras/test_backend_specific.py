@@ -122,6 +122,59 @@ if BACKEND == "jax":
                                np.zeros_like(REAL), np.zeros_like(FAKE), alpha=alpha)
         assert_close(np.asarray(zero_here), np.asarray(10.0), "float32")  # (0 − 1)² · 10
 
+    @pytest.mark.parametrize("count", [3, 7, 12, 100])
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    def test_the_mean_is_the_same_eager_and_under_jit(count, dtype):
+        """The mean of the per-sample values is one ``jnp.mean``: within round-off of the
+        float64 sum over the count, and bit for bit what ``jax.jit`` computes for it (an
+        eager sum divided by the count could differ from the jitted one by an ulp)."""
+        from gpreg_keras import _ops
+
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            pytest.skip("float64 needs jax_enable_x64")
+        rng = np.random.default_rng(count)
+        for _ in range(20):
+            x = jnp.asarray(rng.standard_normal(count) * 10.0 ** rng.uniform(-3, 3), dtype)
+            eager, jitted = np.asarray(_ops.mean(x)), np.asarray(jax.jit(_ops.mean)(x))
+            assert eager.dtype == np.dtype(dtype)
+            assert np.array_equal(eager, jitted)
+            assert_close(eager, np.sum(np.asarray(x, np.float64)) / count, dtype)
+
+    def test_concrete_points_bind_no_stop_gradient_and_traced_ones_are_stopped():
+        """Points that no trace carries are used as they are (nothing differentiates through
+        a concrete array); points an outer jax.grad traces are stopped: their gradient is
+        zero, as the API promises, and the parameters' gradient is unchanged."""
+        from jax._src import core as jax_core
+
+        model = small_model()
+        tv = [v.value for v in model.trainable_variables]
+        alpha = jnp.linspace(0.1, 0.9, 4)
+        real, fake = jnp.asarray(REAL), jnp.asarray(FAKE)
+
+        def pen(tv, real, fake):
+            return gp.wgan_gp(gp.stateless_critic(model, tv), real, fake, alpha=alpha)
+
+        names = []
+        bind = jax_core.Primitive.bind
+
+        def recording(self, *a, **k):
+            names.append(self.name)
+            return bind(self, *a, **k)
+
+        jax.grad(pen)(tv, real, fake)  # the checks pass once
+        jax_core.Primitive.bind = recording
+        try:
+            jax.grad(pen)(tv, real, fake)
+        finally:
+            jax_core.Primitive.bind = bind
+        assert "stop_gradient" not in names
+        g_real, g_fake = jax.grad(pen, argnums=(1, 2))(tv, real, fake)
+        assert np.array_equal(np.asarray(g_real), np.zeros_like(REAL))
+        assert np.array_equal(np.asarray(g_fake), np.zeros_like(FAKE))
+        for a, b in zip(jax.grad(pen)(tv, real, fake),
+                        jax.grad(lambda tv: pen(tv, REAL, FAKE))(tv)):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
 if BACKEND != "jax":
 
     def test_jax_arrays_on_another_backend_say_to_set_the_jax_backend():
