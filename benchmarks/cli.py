@@ -21,7 +21,10 @@ from gpreg.tools.critics import default_specs
 from gpreg.tools.timing import background_load, choose_threads
 
 SECTIONS = ("checks", "handwritten", "steps", "lazy", "reuse", "memory")
-FRAMEWORKS = ("torch", "tensorflow", "jax")
+FRAMEWORKS = ("torch", "tensorflow", "jax", "keras-torch")
+# the Keras frameworks and the backend each runs on (Keras on torch is "keras-torch": "torch"
+# alone is PyTorch itself)
+KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "keras-torch": "torch"}
 RESULTS = machine.ROOT / "benchmarks" / "results"
 
 
@@ -49,8 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "usable cores not kept busy by other processes at the start; 1 with "
                         "--quick)")
     p.add_argument("--frameworks", type=_csv, default=None,
-                   help="comma list of torch,tensorflow,jax (default: torch and every "
-                        "Keras backend that is importable; torch is always run)")
+                   help="comma list of torch,tensorflow,jax,keras-torch (default: torch "
+                        "and every Keras backend that is importable; torch is always run)")
     p.add_argument("--critics", type=_csv, default=None,
                    help="comma list of dcgan32,dcgan64,mlp,attention (default: all)")
     p.add_argument("--batch", type=int, default=None,
@@ -143,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.frameworks is None:
         frameworks = ["torch"]
         if not cuda:
-            frameworks += [f for f in ("tensorflow", "jax") if _importable(f)
-                           and _importable("keras")]
+            frameworks += [f for f, b in KERAS_BACKENDS.items() if _importable(b)
+                       and _importable("keras")]
     else:
         frameworks = list(dict.fromkeys(["torch", *args.frameworks]))
         bad = sorted(set(frameworks) - set(FRAMEWORKS))
@@ -215,22 +218,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     keras_cfg = {"threads": threads, "seed": args.seed,
                  "critics": [dataclasses.asdict(s) for s in specs],
                  **{k: settings[k] for k in ("rounds", "warmup", "min_sample_s")}}
-    for backend in ("tensorflow", "jax"):
-        if backend not in frameworks:
+    for name, backend in KERAS_BACKENDS.items():
+        if name not in frameworks:
             continue
         if not (_importable(backend) and _importable("keras")):
-            result["frameworks"][backend] = {"status": "failed",
-                                             "reason": f"{backend} or keras is not importable"}
+            result["frameworks"][name] = {"status": "failed",
+                                          "reason": f"{backend} or keras is not importable"}
         elif not ({"checks", "handwritten"} & set(sections)):
-            result["frameworks"][backend] = {"status": "skipped", "reason": "no section"}
+            result["frameworks"][name] = {"status": "skipped", "reason": "no section"}
             continue
         else:
             res = _run_keras(backend, keras_cfg, timeout_s=1800)
             for key in ("checks", "handwritten", "cross_framework"):
                 rows[key] += res.pop(key, [])
-            result["frameworks"][backend] = res
-        if result["frameworks"][backend]["status"] != "ok":
-            result["failures"].append(f"{backend}: {result['frameworks'][backend]['reason']}")
+            result["frameworks"][name] = res
+        if result["frameworks"][name]["status"] != "ok":
+            result["failures"].append(f"{name}: {result['frameworks'][name]['reason']}")
 
     result.update(rows)
     bad_checks = [c for c in rows["checks"] if not c["ok"]]

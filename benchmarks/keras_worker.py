@@ -1,12 +1,15 @@
 """The Keras sections, one backend per process (Keras reads ``KERAS_BACKEND`` once).
 
-Run by the runner as ``python -m benchmarks.keras_worker --backend tensorflow|jax
---config JSON --result FILE``; it never imports torch. On TensorFlow it pairs gpreg with a
-TF-GAN-style penalty (graph mode, ``tf.function``) and with a keras-io-style nested-tape
-penalty under XLA (``tf.function(jit_compile=True)``); on JAX it pairs gpreg with a
-hand-written ``jax.grad`` penalty under ``jax.jit``. Each timed unit is the penalty *and*
-its gradient with respect to the critic's trainable variables; the plain unit is the WGAN
-loss and its gradient. Every pair is first checked for equal values and gradients.
+Run by the runner as ``python -m benchmarks.keras_worker --backend tensorflow|jax|torch
+--config JSON --result FILE``; only the torch backend imports torch. On TensorFlow it pairs
+gpreg with a TF-GAN-style penalty (graph mode, ``tf.function``) and with a keras-io-style
+nested-tape penalty, eagerly and under XLA (``tf.function(jit_compile=True)``); on JAX it
+pairs gpreg with a hand-written ``jax.grad`` penalty, under ``jax.jit`` and eagerly (an outer
+``jax.value_and_grad`` without ``jit``); on Keras's torch backend it pairs gpreg with the
+canonical PyTorch penalty (nested ``torch.autograd.grad``) on the same Keras model, eagerly.
+Each timed unit is the penalty *and* its gradient with respect to the critic's trainable
+variables; the plain unit is the WGAN loss and its gradient. Every pair is first checked for
+equal values and gradients.
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def _tensorflow_critic(run: Runner, spec: CriticSpec) -> None:
         return loss, _filled(tape.gradient(loss, tvars), tvars)
 
     fns = {
+        "eager/gpreg": (functools.partial(gpreg_unit, ratio=False), alpha),
+        "eager/kerasio": (kerasio_unit, alpha_tf),
         "graph/gpreg": (tf.function(functools.partial(gpreg_unit, ratio=True)), alpha),
         "graph/tfgan": (tf.function(tfgan_unit), alpha_tf),
         "xla/gpreg": (tf.function(functools.partial(gpreg_unit, ratio=False),
@@ -218,12 +223,21 @@ def _tensorflow_critic(run: Runner, spec: CriticSpec) -> None:
         return v.numpy(), [g.numpy() for g in grads]
 
     run.rows["checks"].append(_check(
+        "keras-tensorflow", "wgan_gp vs keras-io style [eager]", spec,
+        result("eager/kerasio"), result("eager/gpreg")))
+    run.rows["checks"].append(_check(
         "keras-tensorflow", "wgan_gp (ratio) vs tf-gan style [tf.function]", spec,
         result("graph/tfgan"), result("graph/gpreg")))
     run.rows["checks"].append(_check(
         "keras-tensorflow", "wgan_gp vs keras-io style [XLA]", spec,
         result("xla/kerasio"), result("xla/gpreg")))
 
+    g = run.time([Variant("gpreg", call("eager/gpreg")),
+                  Variant("keras-io style", call("eager/kerasio")),
+                  Variant("keras-io style (repeat)", call("eager/kerasio"))])
+    run.record(spec, "eager", g, baseline="keras-io style",
+               compile_s={k: compile_s[k] for k in ("eager/gpreg", "eager/kerasio")},
+               plain=False)
     g = run.time([Variant("gpreg", call("graph/gpreg")),
                   Variant("tf-gan style", call("graph/tfgan")),
                   Variant("tf-gan style (repeat)", call("graph/tfgan"))])
@@ -243,7 +257,8 @@ def _tensorflow_critic(run: Runner, spec: CriticSpec) -> None:
 
 
 def run_jax(run: Runner, specs: Sequence[CriticSpec]) -> None:
-    """gpreg vs a hand-written ``jax.grad`` WGAN-GP under ``jax.jit``, plus the plain unit."""
+    """gpreg vs a hand-written ``jax.grad`` WGAN-GP under ``jax.jit`` (plus the plain unit)
+    and without ``jit``."""
     for spec in specs:
         _jax_critic(run, spec)
 
@@ -277,14 +292,15 @@ def _jax_critic(run: Runner, spec: CriticSpec) -> None:
     def plain_loss(tv: Any, real: Any, fake: Any, alpha: Any) -> Any:
         return jnp.mean(scores(tv, fake)) - jnp.mean(scores(tv, real))
 
-    fns = {name: jax.jit(jax.value_and_grad(f)) for name, f in
-           (("gpreg", gpreg_penalty), ("hand", hand_penalty), ("plain", plain_loss))}
+    units = (("gpreg", gpreg_penalty), ("hand", hand_penalty), ("plain", plain_loss))
+    fns = {name: jax.jit(jax.value_and_grad(f)) for name, f in units}
+    fns.update({f"eager/{name}": jax.value_and_grad(f) for name, f in units[:2]})
 
     def call(key: str) -> Callable[[], None]:
         fn = fns[key]
         return lambda: jax.block_until_ready(fn(tv, real, fake, alpha))
 
-    compile_s = {f"jit/{k}": _first_call_s(call(k)) for k in fns}
+    compile_s = {f"jit/{k}": _first_call_s(call(k)) for k in fns if "/" not in k}
 
     def result(key: str) -> tuple[np.ndarray, list[np.ndarray]]:
         v, grads = fns[key](tv, real, fake, alpha)
@@ -292,12 +308,66 @@ def _jax_critic(run: Runner, spec: CriticSpec) -> None:
 
     run.rows["checks"].append(_check("keras-jax", "wgan_gp vs jax.grad by hand [jit]", spec,
                                      result("hand"), result("gpreg")))
+    run.rows["checks"].append(_check("keras-jax", "wgan_gp vs jax.grad by hand [no jit]",
+                                     spec, result("eager/hand"), result("eager/gpreg")))
     g = run.time([Variant("gpreg", call("gpreg")),
                   Variant("jax.grad by hand", call("hand")),
                   Variant("jax.grad by hand (repeat)", call("hand")),
                   Variant("plain", call("plain"))])
     run.record(spec, "jax.jit", g, baseline="jax.grad by hand", compile_s=compile_s,
                plain=True)
+    g = run.time([Variant("gpreg", call("eager/gpreg")),
+                  Variant("jax.grad by hand", call("eager/hand")),
+                  Variant("jax.grad by hand (repeat)", call("eager/hand"))])
+    run.record(spec, "jax.grad, no jit", g, baseline="jax.grad by hand", compile_s={},
+               plain=False)
+
+
+# ----------------------------------------------------------------------------- Keras on torch
+
+
+def run_keras_torch(run: Runner, specs: Sequence[CriticSpec]) -> None:
+    """gpreg vs the canonical PyTorch WGAN-GP on the same Keras model, eagerly."""
+    for spec in specs:
+        _keras_torch_critic(run, spec)
+
+
+def _keras_torch_critic(run: Runner, spec: CriticSpec) -> None:
+    """Check, then time, the Keras-on-torch group of one critic."""
+    import torch
+
+    import gpreg_keras as gp
+    from gpreg.tools import keras_critics as kc
+
+    model = kc.build(spec, seed=run.cfg["seed"])
+    params = [v.value for v in model.trainable_variables]
+    real, fake, alpha = (torch.from_numpy(np.ascontiguousarray(a))
+                         for a in kc.batch(spec, seed=run.cfg["seed"] + 1))
+
+    def grads_of(loss: Any) -> tuple[Any, list[Any]]:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(p) if g is None else g
+                               for g, p in zip(grads, params)]
+
+    def gpreg_unit() -> Any:
+        return grads_of(gp.wgan_gp(model, real, fake, alpha=alpha))
+
+    def canonical_unit() -> Any:
+        a = alpha.reshape((-1,) + (1,) * (real.dim() - 1))
+        x = (a * real + (1 - a) * fake).requires_grad_(True)
+        out = model(x)
+        (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
+        return grads_of(((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean() * 10)
+
+    def result(fn: Callable[[], Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        v, grads = fn()
+        return v.numpy(), [g.numpy() for g in grads]
+
+    run.rows["checks"].append(_check("keras-torch", "wgan_gp vs canonical [eager]", spec,
+                                     result(canonical_unit), result(gpreg_unit)))
+    g = run.time([Variant("gpreg", gpreg_unit), Variant("canonical", canonical_unit),
+                  Variant("canonical (repeat)", canonical_unit)])
+    run.record(spec, "eager", g, baseline="canonical", compile_s={}, plain=False)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -306,7 +376,7 @@ def _jax_critic(run: Runner, spec: CriticSpec) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one backend's sections and write the rows as JSON to ``--result``."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.keras_worker")
-    p.add_argument("--backend", choices=["tensorflow", "jax"], required=True)
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], required=True)
     p.add_argument("--config", required=True, help="JSON: rounds, warmup, ... critics")
     p.add_argument("--result", required=True)
     args = p.parse_args(argv)
@@ -320,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import tensorflow as tf
 
         versions["tensorflow"] = tf.__version__
+    elif args.backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
     else:
         import jax
 
@@ -334,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Runner(cfg, framework, threads)
     specs = [CriticSpec(**d) for d in cfg["critics"]]
     t0 = time.perf_counter()
-    (run_tensorflow if args.backend == "tensorflow" else run_jax)(run, specs)
+    {"tensorflow": run_tensorflow, "jax": run_jax, "torch": run_keras_torch}[args.backend](
+        run, specs)
     out = {"framework": framework, "versions": versions, "threads": threads,
            "duration_s": time.perf_counter() - t0, **run.rows}
     with open(args.result, "w") as f:

@@ -85,19 +85,22 @@ def test_quick_torch(tmp_path: Path) -> None:
 @pytest.mark.skipif(not _importable("keras", "tensorflow", "jax"),
                     reason="Keras with TensorFlow and JAX is not importable")
 def test_quick_keras_backends(tmp_path: Path) -> None:
-    data, md = _run(tmp_path, "--frameworks", "torch,tensorflow,jax", "--critics", "mlp",
-                    "--sections", "checks,handwritten")
+    data, md = _run(tmp_path, "--frameworks", "torch,tensorflow,jax,keras-torch", "--critics",
+                    "mlp", "--sections", "checks,handwritten")
     assert data["failures"] == []
-    for backend in ("tensorflow", "jax"):
+    for backend in ("tensorflow", "jax", "keras-torch"):
         assert data["frameworks"][backend]["status"] == "ok"
     checks = {(c["framework"], c["check"]): c for c in data["checks"]}
     keras_checks = [c for (fw, _), c in checks.items() if fw.startswith("keras-")]
-    assert len(keras_checks) == 3  # TF-GAN style, keras-io style (XLA), jax.grad by hand
+    # keras-io style eager and under XLA, TF-GAN style, jax.grad by hand with and without
+    # jit, the canonical PyTorch penalty on the Keras model
+    assert len(keras_checks) == 6
     assert all(c["ok"] for c in keras_checks)
     modes = {(r["framework"], r["mode"]) for r in data["handwritten"]}
-    assert ("keras-tensorflow", "tf.function") in modes
-    assert ("keras-tensorflow", "tf.function(jit_compile=True)") in modes
-    assert ("keras-jax", "jax.jit") in modes
+    assert modes >= {("keras-tensorflow", "eager"), ("keras-tensorflow", "tf.function"),
+                     ("keras-tensorflow", "tf.function(jit_compile=True)"),
+                     ("keras-jax", "jax.jit"), ("keras-jax", "jax.grad, no jit"),
+                     ("keras-torch", "eager")}
     assert {r["framework"] for r in data["cross_framework"]} == {
         "torch", "keras-tensorflow", "keras-jax"}
     assert "Keras/jax jax.jit" in md
