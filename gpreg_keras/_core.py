@@ -70,6 +70,12 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
     if stateless is not None:  # gp.stateless_critic(...): it knows the model's convention
         fn = lambda *pts: stateless(pts, call.args, call.kwargs)  # noqa: E731
         fn._gpreg_state = critic._gpreg_state  # type: ignore[attr-defined]  # see _jax.py
+        if backend() == "jax":  # the model (and the flag) decide what the closure computes
+            from gpreg_keras._jax import critic_identity
+
+            model, _, _, training = critic._gpreg_stateless
+            fn._gpreg_identity = critic_identity(  # type: ignore[attr-defined]
+                model, (training, call.args), call.kwargs)
         return fn
     target = critic
     if backend() == "tensorflow":
@@ -86,6 +92,13 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
         # (on torch, a Keras model is a torch module too: wrapped, gpreg_torch does not take
         # it for a torch critic to inspect)
         return lambda *pts: target(*arrange(critic, pts, call.args), **call.kwargs)
+    if backend() == "jax":
+        from gpreg_keras._jax import critic_identity
+
+        identity = critic_identity(critic, call.args, call.kwargs)
+        fn = lambda *pts: target(*pts, *call.args, **call.kwargs)  # noqa: E731
+        fn._gpreg_identity = identity  # type: ignore[attr-defined]  # see _jax.py
+        return fn
     if call.plain:
         return target
     return lambda *pts: target(*pts, *call.args, **call.kwargs)

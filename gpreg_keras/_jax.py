@@ -8,12 +8,14 @@ builds that closure from a Keras model.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 from jax.extend.core import Literal
 
 from gpreg import _call
@@ -40,6 +42,37 @@ def _depends_on_inputs(fn: Callable[..., Any], points: tuple[Any, ...]) -> bool:
         if any(id(x) in live for x in eqn.invars if not isinstance(x, Literal)):
             live.update(id(o) for o in eqn.outvars)
     return any(id(x) in live for x in closed.jaxpr.outvars if not isinstance(x, Literal))
+
+
+# critic -> the signatures at which its output was shown to depend on the points (see
+# input_gradients); weak keys: a critic that is gone takes its entries with it
+_proven: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+_PLAIN_LEAF = (type(None), bool, int, float, str)
+
+
+def _signature(x: Any) -> Any:
+    """The structure of ``x`` (nested tuples, lists and dicts) with each array by shape and
+    dtype and each Python scalar by type and value; ``TypeError`` for anything else."""
+    if isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray)):
+        return (tuple(x.shape), str(x.dtype))
+    if type(x) in _PLAIN_LEAF:
+        return (type(x), x)
+    if type(x) in (tuple, list):
+        return (type(x), tuple(map(_signature, x)))
+    if type(x) is dict:
+        return (dict, tuple((k, _signature(x[k])) for k in sorted(x)))
+    raise TypeError(type(x).__name__)
+
+
+def critic_identity(owner: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+    """What decides whether the critic's output depends on the points, apart from the
+    points' own shapes and dtypes: the critic (the Keras model of a ``stateless_critic``,
+    or the callable itself) and the signature of the extra arguments. ``None`` where those
+    cannot be told (an argument of another kind)."""
+    try:
+        return owner, _signature((args, kwargs))
+    except TypeError:
+        return None
 
 
 def _concrete(x: Any) -> Any:
@@ -102,13 +135,35 @@ def input_gradients(
 
     grads, (out, after) = jax.grad(total, argnums=tuple(range(len(points))),
                                    has_aux=True)(*points)
-    values = [_concrete(g) for g in grads]
     try:
-        # a nonzero gradient shows the dependence; only all-zero gradients, or gradients that
-        # are not values yet (under jax.jit: once per trace), pay for the linearization
-        known = all(c is not None for c in values) and any(bool(jnp.any(c)) for c in values)
-        if not known and not _depends_on_inputs(lambda *pts: total(*pts)[0], points):
-            raise v.independent_critic(where)
+        # Whether the output depends on the points is a property of the critic and the
+        # signatures of its inputs: once shown for a critic at a signature it is remembered,
+        # and later calls read nothing. That matters without jax.jit, where dispatch is
+        # asynchronous: reading a value waits for all the work queued before it (the
+        # critic's forward and the input gradient), so the outer backward could not be
+        # dispatched while that runs (4-6 % of an eager unit on an MLP critic).
+        store = key = None
+        identity = getattr(critic, "_gpreg_identity", None)
+        if identity is not None and type(output) in _PLAIN_LEAF:
+            try:
+                store = _proven.setdefault(identity[0], set())
+                key = (identity[1], output, tuple((tuple(p.shape), str(p.dtype))
+                                                  for p in points))
+            except TypeError:  # a critic without weak references or a hash
+                store = None
+        if store is None or key not in store:
+            # a nonzero gradient shows the dependence; only all-zero gradients, or gradients
+            # that are not values yet (under jax.jit: once per trace), pay for the
+            # linearization
+            values = [_concrete(g) for g in grads]
+            known = all(c is not None for c in values) and any(
+                bool(jnp.any(c)) for c in values)
+            if not known and not _depends_on_inputs(lambda *pts: total(*pts)[0], points):
+                raise v.independent_critic(where)
+            if store is not None:
+                if len(store) >= 64:
+                    store.clear()
+                store.add(key)
     finally:
         if state is not None:
             state.non_trainable_values = after

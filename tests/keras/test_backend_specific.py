@@ -110,6 +110,8 @@ if BACKEND == "jax":
             jax.grad(loss)(tv)
             loss(tv)
         assert calls == []
+        model = small_model()  # (the eager calls above proved it for the first model)
+        tv = [v.value for v in model.trainable_variables]
         step = jax.jit(jax.grad(loss))
         step(tv)
         step(tv)
@@ -121,6 +123,54 @@ if BACKEND == "jax":
         zero_here = gp.wgan_gp(lambda x: jnp.sum(x ** 2, axis=1, keepdims=True),
                                np.zeros_like(REAL), np.zeros_like(FAKE), alpha=alpha)
         assert_close(np.asarray(zero_here), np.asarray(10.0), "float32")  # (0 − 1)² · 10
+
+    def test_the_dependence_shown_once_is_not_read_again_and_a_new_signature_is(monkeypatch):
+        """Once a critic's output was shown to depend on the points at a signature, later
+        eager calls read no value for it (a read waits for the queued work); other
+        points' shapes, other arguments, another model and a new plain critic are checked
+        again, and a critic that ignores its input is refused every time."""
+        from gpreg_keras import _jax
+
+        reads = []
+        real_any = _jax.jnp.any
+
+        class Counting:
+            sum = staticmethod(jnp.sum)
+
+            @staticmethod
+            def any(x):
+                reads.append(1)
+                return real_any(x)
+
+        monkeypatch.setattr(_jax, "jnp", Counting)
+        model = small_model()
+        tv = [v.value for v in model.trainable_variables]
+
+        def loss(tv, real=REAL, **kw):
+            return gp.r1(gp.stateless_critic(model, tv), real, **kw)
+
+        for _ in range(3):
+            jax.grad(loss)(tv)
+        assert len(reads) == 1
+        jax.grad(loss)(tv, REAL[:2])  # another batch
+        jax.grad(lambda tv: loss(tv, kwargs={"training": True}))(tv)  # another call
+        assert len(reads) == 3
+        other = small_model()
+        gp.r1(gp.stateless_critic(other), REAL)
+        assert len(reads) == 4
+
+        def plain(x):
+            return jnp.sum(x ** 2, axis=1, keepdims=True)
+
+        for _ in range(2):
+            gp.r1(plain, REAL)
+        assert len(reads) == 5
+        def ignores(x):
+            return jnp.ones((4, 1)) * jnp.sum(tv[0])
+
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="does not depend on its input"):
+                gp.r1(ignores, REAL)
 
     @pytest.mark.parametrize("count", [3, 7, 12, 100])
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
