@@ -492,16 +492,24 @@ class _TorchScalerView:
 def norms_from_gradients(grads: Any) -> Any:
     """Exact per-sample norms (:func:`gpreg._math.per_sample_norm`), in ≥ float32.
 
-    Where the sum of squares can be read on the host for free (eager TensorFlow and JAX on
-    the CPU, also under an eager outer ``jax.grad``) and every sample's lies in the range
-    where it is exact and nonzero (:func:`_exact_range`), the norm is its square root: three
-    ops, as a hand-written norm, instead of the scaled norm's dozen (in eager mode each op is
-    a dispatch of tens of microseconds). On TensorFlow where it cannot be read for free (a
-    ``tf.function``, a GPU), float32 gradients get the norm of :func:`_tf_wide_norm`.
-    Anywhere else (JAX under ``jit``, float64 in a ``tf.function``, a zero, tiny or huge
-    gradient, NaN) it is the scaled, NaN-safe norm.
+    Where the sum of squares can be read on the host for free (eager TensorFlow on the CPU)
+    and every sample's lies in the range where it is exact and nonzero
+    (:func:`_exact_range`), the norm is its square root: three ops, as a hand-written norm,
+    instead of the scaled norm's dozen (in eager mode each op is a dispatch of tens of
+    microseconds). On TensorFlow where it cannot be read for free (a ``tf.function``, a
+    GPU), float32 gradients get the norm of :func:`_tf_wide_norm`. JAX without ``jit``
+    (also under an eager outer ``jax.grad``) makes the same choice per sample inside one
+    jitted computation (:func:`gpreg_keras._jax.eager_norms`: reading a value there would
+    wait for the queued work). Anywhere else (JAX under ``jit``, float64 in a
+    ``tf.function``, a zero, tiny or huge gradient, NaN) it is the scaled, NaN-safe norm.
     """
     acc = _accurate(grads)
+    if backend() == "jax" and not _jit_tracing():
+        from gpreg_keras._jax import eager_norms
+
+        elements = sum(int(np.prod(_static(g.shape)[1:])) for g in acc)
+        wide = str(np.result_type(*[_dtype(g) for g in acc]))
+        return eager_norms(acc, *_exact_range(wide, elements))
     on_host = _eager_on_host(acc[0])
     if not on_host and backend() == "tensorflow":
         wide = _tf_wide_norm(grads, acc)

@@ -172,6 +172,44 @@ if BACKEND == "jax":
             with pytest.raises(RuntimeError, match="does not depend on its input"):
                 gp.r1(ignores, REAL)
 
+    def test_an_eager_wgan_gp_reads_no_value_and_keeps_each_norm_exact(monkeypatch):
+        """Without jax.jit, the exact norm is chosen per sample inside one jitted
+        computation: once the critic's dependence is shown, a call reads no value; the
+        norms are exact for ordinary, tiny, huge and zero gradients in one batch; and the
+        penalty's parameter gradient is exact, finite at the zero gradient."""
+        from gpreg_keras import _core, _jax
+
+        reads = []
+        for module, name in ((_jax, "_concrete"), (_core, "_host_values")):
+            real_fn = getattr(module, name)
+            monkeypatch.setattr(module, name,
+                                lambda x, f=real_fn: reads.append(1) or f(x))
+        rows = [[0.3, 0.4], [3e-30, 4e-30], [3e25, 4e25], [0.0, 0.0]]
+        norms = np.array([0.5, 5e-30, 5e25, 0.0])
+        w = jnp.asarray(rows, "float32")
+
+        def critic(x):
+            return jnp.sum(x * w, axis=1, keepdims=True)
+
+        for _ in range(2):
+            got = gp.grad_norm(critic, np.ones((4, 2), "float32"))
+        assert len(reads) == 1  # the dependence, shown by the first call
+        assert_close(np.asarray(got), norms, "float32")
+
+        moderate = w[jnp.asarray([0, 1, 3])]
+        alpha = jnp.full((3,), 0.5)
+
+        def loss(t):
+            return gp.wgan_gp(lambda x: t * jnp.sum(x * moderate, axis=1, keepdims=True),
+                              np.ones((3, 2), "float32"), np.zeros((3, 2), "float32"),
+                              alpha=alpha)
+
+        value, grad = jax.value_and_grad(loss)(jnp.float32(1.0))
+        n = norms[[0, 1, 3]]
+        assert_close(np.asarray(value), np.mean((n - 1.0) ** 2) * 10.0, "float32")
+        # d/dt of 10 · mean((t n − 1)²) at t = 1: finite, and exact at the zero gradient
+        assert_close(np.asarray(grad), np.mean(20.0 * (n - 1.0) * n), "float32")
+
     @pytest.mark.parametrize("count", [3, 7, 12, 100])
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
     def test_the_mean_is_the_same_eager_and_under_jit(count, dtype):
