@@ -232,25 +232,20 @@ def _tensorflow_critic(run: Runner, spec: CriticSpec) -> None:
         "keras-tensorflow", "wgan_gp vs keras-io style [XLA]", spec,
         result("xla/kerasio"), result("xla/gpreg")))
 
-    g = run.time([Variant("gpreg", call("eager/gpreg")),
-                  Variant("keras-io style", call("eager/kerasio")),
-                  Variant("keras-io style (repeat)", call("eager/kerasio"))])
-    run.record(spec, "eager", g, baseline="keras-io style",
-               compile_s={k: compile_s[k] for k in ("eager/gpreg", "eager/kerasio")},
-               plain=False)
-    g = run.time([Variant("gpreg", call("graph/gpreg")),
-                  Variant("tf-gan style", call("graph/tfgan")),
-                  Variant("tf-gan style (repeat)", call("graph/tfgan"))])
-    run.record(spec, "tf.function", g, baseline="tf-gan style",
-               compile_s={k: compile_s[k] for k in ("graph/gpreg", "graph/tfgan")},
-               plain=False)
-    g = run.time([Variant("gpreg", call("xla/gpreg")),
-                  Variant("keras-io style", call("xla/kerasio")),
-                  Variant("keras-io style (repeat)", call("xla/kerasio")),
-                  Variant("plain", call("xla/plain"))])
-    run.record(spec, "tf.function(jit_compile=True)", g, baseline="keras-io style",
-               compile_s={k: compile_s[k] for k in ("xla/gpreg", "xla/kerasio",
-                                                    "xla/plain")}, plain=True)
+    def group(mode: str, mine: str, theirs: str, baseline: str, plain: bool) -> None:
+        variants = [Variant("gpreg", call(mine)), Variant(baseline, call(theirs)),
+                    Variant(f"{baseline} (repeat)", call(theirs))]
+        keys = [mine, theirs]
+        if plain:
+            variants.append(Variant("plain", call("xla/plain")))
+            keys.append("xla/plain")
+        run.record(spec, mode, run.time(variants), baseline=baseline,
+                   compile_s={k: compile_s[k] for k in keys}, plain=plain)
+
+    group("eager", "eager/gpreg", "eager/kerasio", "keras-io style", plain=False)
+    group("tf.function", "graph/gpreg", "graph/tfgan", "tf-gan style", plain=False)
+    group("tf.function(jit_compile=True)", "xla/gpreg", "xla/kerasio", "keras-io style",
+          plain=True)
 
 
 # ----------------------------------------------------------------------------- JAX

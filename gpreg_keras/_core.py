@@ -579,38 +579,21 @@ def _exact_range(dtype: str, elements: int) -> tuple[float, float]:
 
 
 def _eager_on_host(x: Any) -> bool:
-    """Whether ``x`` is computed eagerly on the CPU, where reading it costs no device sync."""
-    name = backend()
-    if name == "tensorflow":
+    """Whether ``x`` is computed eagerly on the CPU by TensorFlow, where reading it costs no
+    device sync (TensorFlow's eager CPU ops run synchronously; JAX dispatches
+    asynchronously, so :func:`norms_from_gradients` reads nothing there)."""
+    if backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.executing_eagerly() and "CPU" in getattr(x, "device", "")
-    if name == "jax":
-        return not _jit_tracing() and _jax_on_cpu(x)
     return False
-
-
-def _jax_on_cpu(x: Any) -> bool:
-    from gpreg_keras._jax import _concrete
-
-    value = _concrete(x)
-    try:
-        return value is not None and all(d.platform == "cpu" for d in value.devices())
-    except AttributeError:
-        return False
 
 
 def _host_values(x: Any) -> np.ndarray | None:
     """``x`` as a NumPy array, where that is a read of host memory; ``None`` otherwise."""
-    if backend() == "jax":
-        from gpreg_keras._jax import _concrete
-
-        x = _concrete(x)
-        if x is None:
-            return None
     try:
         return np.asarray(x)
-    except Exception:  # a symbolic tensor, a tracer without a value
+    except Exception:  # a symbolic tensor
         return None
 
 
