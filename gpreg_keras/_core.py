@@ -7,8 +7,11 @@ here by ``keras.random`` so that ``seed=`` means the same on every backend.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import sys
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -66,11 +69,13 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
         raise TypeError(f"{where}: critic must be callable; got {type(critic).__name__}.")
     # (a Keras model is never stateless_critic's function; on torch, a failed attribute
     # lookup on one goes through torch.nn.Module.__getattr__, which costs microseconds)
-    stateless = None if isinstance(critic, keras.Layer) else getattr(critic, "_gpreg_call", None)
+    layer = isinstance(critic, keras.Layer)
+    stateless = None if layer else getattr(critic, "_gpreg_call", None)
+    name = backend()
     if stateless is not None:  # gp.stateless_critic(...): it knows the model's convention
         fn = lambda *pts: stateless(pts, call.args, call.kwargs)  # noqa: E731
         fn._gpreg_state = critic._gpreg_state  # type: ignore[attr-defined]  # see _jax.py
-        if backend() == "jax":  # the model (and the flag) decide what the closure computes
+        if name == "jax":  # the model (and the flag) decide what the closure computes
             from gpreg_keras._jax import critic_identity
 
             model, _, _, training = critic._gpreg_stateless
@@ -78,21 +83,21 @@ def critic_fn(where: str, critic: Any, call: Call, n_parts: int) -> Callable[...
                 model, (training, call.args), call.kwargs)
         return fn
     target = critic
-    if backend() == "tensorflow":
+    if name == "tensorflow":
         from gpreg_keras._tensorflow import user_critic
 
         target = user_critic(where, critic)
-    if isinstance(critic, keras.Layer):
-        if backend() == "jax":
+    if layer:
+        if name == "jax":
             from gpreg_keras._jax import keras_model_error
 
             raise keras_model_error(where)
-        if n_parts == 1 and call.plain and backend() == "tensorflow":
+        if n_parts == 1 and call.plain and name == "tensorflow":
             return target
         # (on torch, a Keras model is a torch module too: wrapped, gpreg_torch does not take
         # it for a torch critic to inspect)
         return lambda *pts: target(*arrange(critic, pts, call.args), **call.kwargs)
-    if backend() == "jax":
+    if name == "jax":
         from gpreg_keras._jax import critic_identity
 
         identity = critic_identity(critic, call.args, call.kwargs)
@@ -384,14 +389,56 @@ def noise_values(where: str, noise: Any, real: tuple[Any, ...], seed: Any,
 
 
 _warned: set[int] = set()
+_sublayers_of = operator.attrgetter("_layers")
+
+
+class _LayerTree:
+    """What a Keras model's layer tree was: every layer's class and its list of sublayers.
+
+    :func:`_warn_batchnorm` looks for BatchNormalization at every call of a model that has
+    none; Keras's walk of the tree (``_flatten_layers``) is a Python loop (about a third of
+    gpreg_keras's own work per call on a three-layer model), while :meth:`unchanged`
+    compares the saved copies in a few passes that run in C. A layer added, inserted,
+    replaced or removed anywhere in the tree changes its parent's list of sublayers, so the
+    next call walks the tree again. The model itself is not held (the entry that holds this
+    is keyed by it, weakly).
+    """
+
+    __slots__ = ("classes", "layers", "sublayers")
+
+    def __init__(self, model: Any, layers: list[Any]) -> None:
+        self.layers = tuple(layers)
+        every = (model, *self.layers)
+        self.classes = tuple(map(type, every))
+        self.sublayers = list(map(list, map(_sublayers_of, every)))
+
+    def unchanged(self, model: Any) -> bool:
+        every = (model, *self.layers)
+        try:
+            return tuple(map(type, every)) == self.classes and list(
+                map(list, map(_sublayers_of, every))) == self.sublayers
+        except (AttributeError, TypeError):  # a list replaced by something else
+            return False
+
+
+# Keras models seen without BatchNormalization -> their layer tree then
+_without_batchnorm: weakref.WeakKeyDictionary[Any, _LayerTree] = weakref.WeakKeyDictionary()
 
 
 def _batchnorm_layers(model: Any) -> list[str]:
     """Names of the batch-normalization layers in a Keras 3 model, a tf-keras model or any
     ``tf.Module``."""
     if isinstance(model, keras.Layer):
-        return [lay.name for lay in model._flatten_layers(include_self=False)
-                if isinstance(lay, keras.layers.BatchNormalization)]
+        tree = _without_batchnorm.get(model)
+        if tree is not None and tree.unchanged(model):
+            return []
+        layers = model._flatten_layers(include_self=False)
+        names = [lay.name for lay in layers if isinstance(lay, keras.layers.BatchNormalization)]
+        if not names:
+            # (a model that cannot be weakly referenced is walked every time)
+            with contextlib.suppress(TypeError):
+                _without_batchnorm[model] = _LayerTree(model, layers)
+        return names
     subs = getattr(model, "submodules", None)  # tf.Module, tf-keras (Keras 2) models
     if subs is None or not hasattr(model, "trainable_variables"):
         return []
@@ -741,7 +788,7 @@ def _torch_inputs(spec: PenaltySpec, where: str, real: Any, fake: Any, alpha: An
     key = None
     if roles is not None:
         key = (where, spec.points, _torch_signature(real), _torch_signature(fake))
-        if any(key[i] is None for i in roles):
+        if not all(map(key.__getitem__, roles)):  # (a signature is a tuple of three, or None)
             key = None
         elif key in _torch_checked:  # (alpha and noise are converted at every call)
             return real, fake, _numpy_to_tensor(alpha), _numpy_to_tensor(noise)
@@ -783,6 +830,17 @@ def _torch_randomness(spec: PenaltySpec, where: str, real: Any, alpha: Any, nois
     return alpha, noise
 
 
+_torch_core: Any = None  # gpreg_torch._core, on the torch backend once a penalty ran
+
+
+def _import_torch_core() -> Any:
+    global _torch_core
+    from gpreg_torch import _core as torch_core
+
+    _torch_core = torch_core
+    return torch_core
+
+
 def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None,
         fake: Any = None, weight: float | None = None, target: float | None = None,
         ratio: bool = False, c: float = 0.5, alpha: Any = None, noise: Any = None,
@@ -794,6 +852,7 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
         ddof: int = 0, perturbation: str = "uniform") -> Any:
     """Compute the penalty that ``spec`` describes on the active Keras backend (the options
     as in :func:`gpreg_torch._core.run`)."""
+    given = spec  # (a name: gpreg_torch finds its plans by it, without a lookup)
     if isinstance(spec, str):
         spec = get_spec(spec)
     where = f"gpreg_keras.{spec.name}"
@@ -802,14 +861,13 @@ def run(spec: PenaltySpec | str, critic: Callable[..., Any], *, real: Any = None
     fn = critic_fn(where, critic, call, _n_parts(data))
     _warn_batchnorm(where, critic, call)
     if backend() == "torch":
-        from gpreg_torch import _core as torch_core
-
+        torch_core = _torch_core or _import_torch_core()
         if spec.points == "perturbed_real":
             v.check_choice(where, "perturbation", perturbation, _points.PERTURBATIONS)
         real, fake, alpha, noise = _torch_inputs(spec, where, real, fake, alpha, noise)
         alpha, noise = _torch_randomness(spec, where, real, alpha, noise, seed, points,
                                          perturbation)
-        return torch_core.run(spec, fn, real=real, fake=fake, weight=weight, target=target,
+        return torch_core.run(given, fn, real=real, fake=fake, weight=weight, target=target,
                               ratio=ratio, c=c, alpha=alpha, noise=noise, output=call.output,
                               reduction=reduction, create_graph=create_graph,
                               package="gpreg_keras",

@@ -6,6 +6,7 @@ Everything else (points, norm, penalty shape, reduction, checks) comes from the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import operator
@@ -454,8 +455,12 @@ class _MathAttention(_SharedSwitch):
         return saved
 
     def _restore(self, saved: tuple[bool, ...]) -> None:
-        for write, on in zip(_SDPA_WRITE, saved):
-            write(on)
+        w0, w1, w2, w3 = _SDPA_WRITE
+        s0, s1, s2, s3 = saved
+        w0(s0)
+        w1(s1)
+        w2(s2)
+        w3(s3)
 
 
 class _NoCudnn(_SharedSwitch):
@@ -704,6 +709,8 @@ def _gradient_of_scores(
 # the engine call that ends torch.autograd.grad (PyTorch >= 2.3; None before)
 _run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
 _has_torch_function = torch._C._has_torch_function
+_ONLY_TENSOR = {Tensor}  # the set of the leaves' types where all are plain tensors
+_ONE = (1,)
 
 
 def _vjp(out: Tensor, leaves: tuple[Tensor, ...], seed: Tensor | None, create_graph: bool,
@@ -720,9 +727,8 @@ def _vjp(out: Tensor, leaves: tuple[Tensor, ...], seed: Tensor | None, create_gr
     tensor subclass, a mode, no seed, a PyTorch without the function) goes through
     ``torch.autograd.grad`` itself.
     """
-    if (_run_backward is None or seed is None or type(out) is not Tensor
-            or type(seed) is not Tensor or not all(type(x) is Tensor for x in leaves)
-            or _has_torch_function((out, seed, *leaves))):
+    if (_run_backward is None or type(out) is not Tensor or type(seed) is not Tensor
+            or {*map(type, leaves)} != _ONLY_TENSOR or _has_torch_function((out, seed, *leaves))):
         return torch.autograd.grad(out, leaves, grad_outputs=seed, create_graph=create_graph,
                                    retain_graph=retain_graph, allow_unused=True)
     return _run_backward((out,), (seed,), create_graph if retain_graph is None else retain_graph,
@@ -1100,6 +1106,8 @@ class _Plan(NamedTuple):
     alpha: str  # "draw", "number", "tensor" or "as_is" (a tensor of the points' kind)
     dims: tuple[int, ...] | None  # the norm's dimensions where one plain vector_norm is exact
     exact: tuple[float, float]  # and the range in which it is (_exact_range)
+    squares: bool  # the shape is a function of the sums of squares (no norm)
+    values: Callable[[Tensor], Tensor]  # the shape's function, its options bound
     token: object  # keys the plan's entries in _Layers.unreached (hashed by identity)
     true: Tensor  # a 0-d True on the device, for _with_zeros
 
@@ -1170,9 +1178,13 @@ def _remember_plan(key: Any, where: str, o: _options.Options, leaf: Tensor, data
         if leaf.dim() > 1 and leaf.device.type == "cpu" and leaf.dtype in _ACCURATE:
             dims = tuple(range(1, leaf.dim()))
             exact = _exact_range(leaf.dtype, math.prod(leaf.shape[1:]))
+        shape = o.shape
+        squares = shape.of_squares is not None
+        values = functools.partial(shape.of_squares if squares else shape.fn, target=o.target,
+                                   ratio=ratio, xp=xp, **dict(shape.params))
         plan = _Plan(where, o, ratio, spec.points, int(data.shape[0]), data.dtype, data.device,
                      (-1,) + (1,) * (data.dim() - 1), ((leaf.shape, leaf.dtype, leaf.device),),
-                     alpha_kind, dims, exact or (0.0, 0.0), object(),
+                     alpha_kind, dims, exact or (0.0, 0.0), squares, values, object(),
                      torch.ones((), dtype=torch.bool, device=data.device))
         if len(_plans) >= 256:
             _plans.clear()
@@ -1269,13 +1281,14 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
             if found is None:  # as _unreached finds it for this signature, then kept here
                 found = _unreached(critic, layers, (leaf,), PLAIN, (g,), plan.leaves)
                 layers.unreached[mode] = found
-            anchor = tuple(p for p in found if p.requires_grad) if found else None
+            if found:  # (a parameter frozen since is left out)
+                anchor = found if len(found) == 1 and found[0].requires_grad else tuple(
+                    p for p in found if p.requires_grad)
     finally:
         _set_grad_enabled(grad_was)
     o = plan.options
-    if o.shape.of_squares is not None:
-        values = o.shape.from_squares(sq_sums_from_gradients((g,)), target=o.target,
-                                      ratio=plan.ratio, xp=xp) * o.weight
+    if plan.squares:
+        values = plan.values(sq_sums_from_gradients((g,))) * o.weight
     else:
         norms = None
         if plan.dims is not None:  # norms_from_gradients' CPU case, with its range known
@@ -1284,9 +1297,14 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
                 norms = None
         if norms is None:
             norms = norms_from_gradients((g,))
-        values = o.shape(norms, target=o.target, ratio=plan.ratio, xp=xp) * o.weight
+        values = plan.values(norms) * o.weight
     if anchor:
-        values = _with_zeros(values, anchor, plan.true)
+        p = anchor[0]
+        if len(anchor) == 1 and p.dtype == values.dtype and p.device == values.device and (
+                p.shape == _ONE or not p.dim()):  # _with_zeros' one-element case, inlined
+            values = torch.where(plan.true, values, p)
+        else:
+            values = _with_zeros(values, anchor, plan.true)
     if o.reduction == "mean" and o.global_batch_size is None:
         return torch.mean(values)  # _math.reduce's first case, inlined
     return _math.reduce(values, o.reduction, xp, count=o.global_batch_size)

@@ -182,6 +182,34 @@ def test_check_finite_names_the_penalty_and_the_samples():
     assert np.isnan(float(ops.convert_to_numpy(value)))  # off by default: NaN stays visible
 
 
+def test_a_batchnorm_layer_added_after_calls_without_one_warns_at_the_next_call(monkeypatch):
+    """The walk for BatchNormalization is kept for a model that has none, and redone when its
+    layer tree changes (here a layer added to a Sequential inside the model)."""
+    import warnings
+
+    from gpreg import BatchNormWarning
+    from gpreg_keras import _core
+
+    inner = keras.Sequential([keras.layers.Dense(4)])
+    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1)])
+    x = t(REAL)
+    critic = lambda: gp.stateless_critic(model, training=True) if BACKEND == "jax" else model  # noqa: E731
+    walks = []
+    walk = keras.Layer._flatten_layers
+    monkeypatch.setattr(keras.Layer, "_flatten_layers",
+                        lambda self, *a, **k: walks.append(self) or walk(self, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchNormWarning)
+        gp.r1(critic(), x)
+        first = walks.count(model)
+        gp.r1(critic(), x)
+    assert first >= 1 and walks.count(model) == first  # the second call did not walk
+    inner.add(keras.layers.BatchNormalization(name="late_bn"))
+    assert not _core._without_batchnorm[model].unchanged(model)
+    with pytest.warns(BatchNormWarning, match=r"\(late_bn\)"):
+        gp.r1(critic(), x)
+
+
 def test_batchnorm_layer_warns_once():
     from gpreg import BatchNormWarning
 
