@@ -710,7 +710,6 @@ def _gradient_of_scores(
 _run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
 _has_torch_function = torch._C._has_torch_function
 _ONLY_TENSOR = {Tensor}  # the set of the leaves' types where all are plain tensors
-_ONE = (1,)
 
 
 def _vjp(out: Tensor, leaves: tuple[Tensor, ...], seed: Tensor | None, create_graph: bool,
@@ -1299,12 +1298,7 @@ def _planned(plan: _Plan, critic: Any, real: Any, fake: Any, alpha: Any,
             norms = norms_from_gradients((g,))
         values = plan.values(norms) * o.weight
     if anchor:
-        p = anchor[0]
-        if len(anchor) == 1 and p.dtype == values.dtype and p.device == values.device and (
-                p.shape == _ONE or not p.dim()):  # _with_zeros' one-element case, inlined
-            values = torch.where(plan.true, values, p)
-        else:
-            values = _with_zeros(values, anchor, plan.true)
+        values = _with_zeros(values, anchor, plan.true)
     if o.reduction == "mean" and o.global_batch_size is None:
         return torch.mean(values)  # _math.reduce's first case, inlined
     return _math.reduce(values, o.reduction, xp, count=o.global_batch_size)
